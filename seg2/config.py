@@ -1,0 +1,90 @@
+"""Every config default seg2 adds to Detectron2, in one place.
+
+New keys live only under ``MODEL.SEG2``, ``INPUT.SEG2``, ``DATASETS.SEG2``, ``TEST.SEG2``
+and ``SOLVER.SEG2``; core keys are reused where the meaning matches
+(``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``, ...).
+"""
+import torch
+from detectron2.config import CfgNode as CN
+
+
+def add_seg2_config(cfg: CN) -> CN:
+    """Add seg2's defaults to a Detectron2 config (in place) and return it."""
+    # Detectron2 defaults to "cuda", which fails on CPU-only machines; pick what exists.
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+    cfg.MODEL.SEG2 = CN()
+
+    # ---- upsampling op used by the semantic heads (registry in seg2/modeling/upsample.py)
+    cfg.MODEL.SEG2.UPSAMPLE = CN()
+    # One of: nearest, bed_of_nails, max_unpool, bilinear, transposed.
+    cfg.MODEL.SEG2.UPSAMPLE.NAME = "bilinear"
+    # Only for bilinear; False matches torch's default and the FCN paper's kernel.
+    cfg.MODEL.SEG2.UPSAMPLE.ALIGN_CORNERS = False
+    # Only for transposed: start from the bilinear kernel (FCN paper) instead of random.
+    cfg.MODEL.SEG2.UPSAMPLE.BILINEAR_INIT = True
+
+    # ---- FCN head: which backbone levels are fused. 32s = [res5]; 16s = [res5, res4];
+    # 8s = [res5, res4, res3]. Coarsest first.
+    cfg.MODEL.SEG2.FCN = CN()
+    cfg.MODEL.SEG2.FCN.IN_FEATURES = ["res5", "res4", "res3"]
+
+    # ---- U-Net head and the classic U-Net encoder (backbone "build_unet_backbone")
+    cfg.MODEL.SEG2.UNET = CN()
+    # Encoder levels the decoder consumes, coarsest first.
+    cfg.MODEL.SEG2.UNET.IN_FEATURES = ["res5", "res4", "res3", "res2"]
+    # Decoder channels per level (same length as IN_FEATURES).
+    cfg.MODEL.SEG2.UNET.DECODER_CHANNELS = [256, 128, 64, 32]
+    # "crop": valid convolutions + centre crop of the skip (paper); "pad": same-size convs.
+    cfg.MODEL.SEG2.UNET.SKIP_MODE = "pad"
+    # Classic encoder: channels of the first level, doubled at each of DEPTH levels.
+    cfg.MODEL.SEG2.UNET.BASE_CHANNELS = 64
+    cfg.MODEL.SEG2.UNET.DEPTH = 5
+
+    # ---- DeconvNet head: mirrored encoder-decoder unpooling with the encoder's switches
+    cfg.MODEL.SEG2.DECONVNET = CN()
+    cfg.MODEL.SEG2.DECONVNET.IN_FEATURE = "res5"
+    cfg.MODEL.SEG2.DECONVNET.CHANNELS = [256, 128, 64, 32]
+
+    # ---- semantic losses: a weighted sum of names from {ce, weighted_ce, dice}
+    cfg.MODEL.SEG2.LOSS = CN()
+    cfg.MODEL.SEG2.LOSS.NAMES = ["ce"]
+    cfg.MODEL.SEG2.LOSS.WEIGHTS = [1.0]
+    # U-Net weight map w = w_c + W0 * exp(-(d1 + d2)^2 / (2 SIGMA^2)), SIGMA in pixels.
+    cfg.MODEL.SEG2.LOSS.UNET_W0 = 10.0
+    cfg.MODEL.SEG2.LOSS.UNET_SIGMA = 5.0
+
+    # ---- panoptic meta-architecture (Seg2PanopticRCNN)
+    cfg.MODEL.SEG2.PANOPTIC = CN()
+    cfg.MODEL.SEG2.PANOPTIC.INSTANCE_LOSS_WEIGHT = 1.0
+    # The semantic loss weight is the core MODEL.SEM_SEG_HEAD.LOSS_WEIGHT.
+
+    # ---- things/stuff fusion (registry in seg2/modeling/fusion.py)
+    cfg.MODEL.SEG2.FUSION = CN()
+    cfg.MODEL.SEG2.FUSION.NAME = "HeuristicFusion"
+    cfg.MODEL.SEG2.FUSION.INSTANCES_SCORE_THRESH = 0.5
+    # Fraction of an instance that may already be claimed before it is dropped.
+    cfg.MODEL.SEG2.FUSION.OVERLAP_THRESH = 0.5
+    # Stuff segments smaller than this many pixels become void.
+    cfg.MODEL.SEG2.FUSION.STUFF_AREA_LIMIT = 64
+
+    # ---- data
+    cfg.INPUT.SEG2 = CN()
+    # Compute the U-Net border weight map in the dataset mapper (needs instance masks).
+    cfg.INPUT.SEG2.WEIGHT_MAP = False
+
+    cfg.DATASETS.SEG2 = CN()
+    # Register your own data by path, no Python needed. Each entry is a list:
+    #   COCO_INSTANCES: [name, instances_json, image_root]
+    #   COCO_PANOPTIC:  [name, image_root, panoptic_root, panoptic_json, (instances_json)]
+    #   SEMANTIC:       [name, image_root, label_root, class_names_csv]
+    cfg.DATASETS.SEG2.COCO_INSTANCES = []
+    cfg.DATASETS.SEG2.COCO_PANOPTIC = []
+    cfg.DATASETS.SEG2.SEMANTIC = []
+    # Cityscapes root; empty = $DETECTRON2_DATASETS/cityscapes (Detectron2's convention).
+    cfg.DATASETS.SEG2.CITYSCAPES_ROOT = ""
+
+    cfg.TEST.SEG2 = CN()
+    # Number of val images drawn as prediction overlays into OUTPUT_DIR/vis after evaluation.
+    cfg.TEST.SEG2.NUM_VIS = 8
+    return cfg
