@@ -2,6 +2,7 @@
 
 Importing seg2 registers its heads, backbones, meta-architectures and datasets.
 """
+from . import data, modeling  # noqa: F401  (registration side effects)
 from .config import add_seg2_config
 
 __version__ = "0.1.0"

@@ -1,0 +1,190 @@
+"""Seg2DatasetMapper: the one mapper for instance, semantic and panoptic training.
+
+What it produces is driven by what the dataset dict carries and what the model needs:
+``instances`` (from COCO ``annotations`` or, lacking those, from the panoptic PNG),
+``sem_seg`` (from ``sem_seg_file_name``) and, for U-Net's boundary weighting,
+``sem_seg_weights`` (from the panoptic PNG's thing segments).
+"""
+import copy
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Boxes, Instances
+from PIL import Image, UnidentifiedImageError
+
+from .augmentations import build_augmentations
+from .datasets import DatasetFormatError, rgb_to_id
+
+__all__ = ["Seg2DatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+def _read(path: str, fmt: Optional[str]) -> np.ndarray:
+    """Read an image or label PNG; a missing or corrupt file raises an error naming it."""
+    try:
+        return utils.read_image(path, format=fmt)
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise DatasetFormatError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from e
+
+
+class Seg2DatasetMapper:
+    """Map a Detectron2 dataset dict to model inputs (see module docstring).
+
+    The panoptic PNG is transformed as a 3-channel uint8 image so it takes exactly the same
+    nearest-neighbour path as the semantic label, keeping the two pixel-aligned.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        instances: bool,
+        instance_mask_format: str = "bitmask",
+        num_classes: int = 0,
+        ignore_label: int = 255,
+        weight_map: bool = False,
+        weight_map_w0: float = 10.0,
+        weight_map_sigma: float = 5.0,
+    ):
+        """
+        Args:
+            is_train: keep targets (train) or drop them (test; evaluators read GT from files).
+            augmentations: applied to image and every target alike.
+            image_format: e.g. "BGR" (Detectron2's default) or "RGB".
+            instances: build ``instances`` targets (models with an instance branch).
+            instance_mask_format: "bitmask" or "polygon".
+            num_classes: semantic classes; label values >= it (other than ``ignore_label``)
+                are an error naming the file. 0 disables the check.
+            ignore_label: the semantic void value.
+            weight_map: add ``sem_seg_weights``, U-Net's class-balance + border map.
+            weight_map_w0, weight_map_sigma: its w0 and sigma (pixels).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.instances = instances
+        self.instance_mask_format = instance_mask_format
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.weight_map = weight_map
+        self.weight_map_w0 = weight_map_w0
+        self.weight_map_sigma = weight_map_sigma
+        mode = "training" if is_train else "inference"
+        logger.info(f"[Seg2DatasetMapper] augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> Dict:
+        return {
+            "is_train": is_train,
+            "augmentations": build_augmentations(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "instances": cfg.MODEL.MASK_ON or cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN",
+            "instance_mask_format": cfg.INPUT.MASK_FORMAT,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "weight_map": cfg.INPUT.SEG2.WEIGHT_MAP,
+            "weight_map_w0": cfg.MODEL.SEG2.LOSS.UNET_W0,
+            "weight_map_sigma": cfg.MODEL.SEG2.LOSS.UNET_SIGMA,
+        }
+
+    def _read_sem_seg(self, path: str) -> np.ndarray:
+        sem = _read(path, "L").squeeze(2) if path.endswith(".png") else np.load(path)
+        if self.num_classes:
+            bad = (sem >= self.num_classes) & (sem != self.ignore_label)
+            if bad.any():
+                raise DatasetFormatError(
+                    f"{path}: label value(s) {sorted(np.unique(sem[bad]).tolist())[:5]} are >= "
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={self.num_classes} and not the ignore "
+                    f"label {self.ignore_label}"
+                )
+        return sem
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        d = copy.deepcopy(dataset_dict)
+        image = _read(d["file_name"], self.image_format)
+        utils.check_image_size(d, image)
+        sem = self._read_sem_seg(d["sem_seg_file_name"]) if "sem_seg_file_name" in d else None
+        need_pan = self.is_train and "pan_seg_file_name" in d and (
+            self.weight_map or (self.instances and "annotations" not in d)
+        )
+        pan_rgb = _read(d["pan_seg_file_name"], "RGB") if need_pan else None
+
+        aug_input = T.AugInput(image, sem_seg=sem)
+        transforms = self.augmentations(aug_input)
+        image, sem = aug_input.image, aug_input.sem_seg
+        image_shape = image.shape[:2]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem is not None:
+            d["sem_seg"] = torch.as_tensor(sem.astype(np.int64))
+
+        if not self.is_train:
+            d.pop("annotations", None)
+            d.pop("sem_seg_file_name", None)
+            return d
+
+        pan_ids = rgb_to_id(transforms.apply_segmentation(pan_rgb)) if pan_rgb is not None else None
+        if self.instances:
+            if "annotations" in d:
+                d["instances"] = self._instances_from_annotations(d.pop("annotations"), transforms, image_shape)
+            elif pan_ids is not None:
+                d["instances"] = self._instances_from_panoptic(pan_ids, d["segments_info"], image_shape)
+        if self.weight_map:
+            d["sem_seg_weights"] = self._weight_map(d, pan_ids, sem)
+        return d
+
+    def _instances_from_annotations(self, annos, transforms, image_shape) -> Instances:
+        annos = [
+            utils.transform_instance_annotations(a, transforms, image_shape)
+            for a in annos
+            if a.get("iscrowd", 0) == 0
+        ]
+        inst = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        if inst.has("gt_masks"):
+            # Boxes of masks cut by a crop should shrink with them.
+            inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
+        return utils.filter_empty_instances(inst)
+
+    @staticmethod
+    def _instances_from_panoptic(pan_ids: np.ndarray, segments: List[Dict], image_shape) -> Instances:
+        inst = Instances(image_shape)
+        segs = [s for s in segments if s["isthing"] and not s.get("iscrowd", 0)]
+        masks = [pan_ids == s["id"] for s in segs]
+        keep = [i for i, m in enumerate(masks) if m.any()]
+        inst.gt_classes = torch.tensor([segs[i]["category_id"] for i in keep], dtype=torch.int64)
+        if keep:
+            inst.gt_masks = BitMasks(torch.from_numpy(np.stack([masks[i] for i in keep])))
+        else:
+            inst.gt_masks = BitMasks(torch.zeros((0,) + tuple(image_shape), dtype=torch.bool))
+        inst.gt_boxes = inst.gt_masks.get_bounding_boxes() if keep else Boxes(torch.zeros(0, 4))
+        return inst
+
+    def _weight_map(self, d: Dict, pan_ids: Optional[np.ndarray], sem: Optional[np.ndarray]) -> torch.Tensor:
+        from ..modeling.losses import unet_weight_map
+
+        if sem is None or pan_ids is None:
+            raise DatasetFormatError(
+                f"{d['file_name']}: INPUT.SEG2.WEIGHT_MAP needs 'sem_seg_file_name' and "
+                "'pan_seg_file_name' (instances) in the dataset dict"
+            )
+        instance_ids = np.zeros(pan_ids.shape, dtype=np.int32)
+        things = [s for s in d["segments_info"] if s["isthing"] and not s.get("iscrowd", 0)]
+        for k, s in enumerate(things, start=1):
+            instance_ids[pan_ids == s["id"]] = k
+        w = unet_weight_map(
+            instance_ids,
+            sem,
+            num_classes=self.num_classes,
+            ignore_label=self.ignore_label,
+            w0=self.weight_map_w0,
+            sigma=self.weight_map_sigma,
+        )
+        return torch.as_tensor(w, dtype=torch.float32)

@@ -1,0 +1,74 @@
+"""What tools/train_net.py does around training: config setup and the results it leaves."""
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, Mapping
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from ..config import add_seg2_config
+from ..data.datasets import register_from_config
+
+__all__ = ["setup_cfg", "write_metrics", "format_metrics_table"]
+
+logger = logging.getLogger("seg2")
+
+# Headline metrics shown in the summary table, per task key; everything goes to JSON.
+_HEADLINE = {
+    "bbox": ("AP", "AP50", "AP75"),
+    "segm": ("AP", "AP50", "AP75"),
+    "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC", "mDice"),
+    "panoptic_seg": ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"),
+}
+
+
+def setup_cfg(args) -> CfgNode:
+    """Config from ``--config-file`` plus trailing ``KEY VALUE`` overrides, with seg2's
+    defaults and user datasets (``DATASETS.SEG2.*``) registered; frozen."""
+    cfg = get_cfg()
+    add_seg2_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    register_from_config(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def _flatten(results: Mapping) -> Dict[str, Dict[str, float]]:
+    """{dataset: {task: {k: v}}} or {task: {k: v}} -> {"dataset/task": {k: v}}."""
+    flat = OrderedDict()
+    for key, value in results.items():
+        if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
+            for task, metrics in value.items():
+                flat[f"{key}/{task}"] = metrics
+        else:
+            flat[key] = value
+    return flat
+
+
+def format_metrics_table(results: Mapping) -> str:
+    """One row per dataset/task with its headline metrics (percent)."""
+    rows = []
+    for name, metrics in _flatten(results).items():
+        task = name.split("/")[-1]
+        keys = [k for k in _HEADLINE.get(task, ()) if k in metrics] or list(metrics)[:5]
+        rows.append([name, "  ".join(f"{k}={metrics[k]:.2f}" for k in keys)])
+    return tabulate(rows, headers=["dataset/task", "metrics"], tablefmt="pipe")
+
+
+def write_metrics(results: Mapping, output_dir: str, filename: str = "metrics.json") -> str:
+    """Write all metrics as JSON (atomically) on the main process; returns the path."""
+    path = os.path.join(output_dir, filename)
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2, default=float)
+        os.replace(tmp, path)
+        logger.info(f"Metrics written to {path}")
+    return path

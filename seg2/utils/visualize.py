@@ -1,0 +1,100 @@
+"""Prediction overlays: ground truth beside prediction, per image and as one overview grid."""
+import logging
+import os
+from typing import Dict, List
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+
+from ..data.dataset_mapper import Seg2DatasetMapper
+
+__all__ = ["draw_prediction", "save_prediction_overlays"]
+
+logger = logging.getLogger(__name__)
+
+
+def _label(canvas: np.ndarray, text: str) -> np.ndarray:
+    """Put a caption strip above a panel so the overview explains itself."""
+    import cv2
+
+    strip = np.full((18, canvas.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, canvas], axis=0)
+
+
+def draw_prediction(
+    image_rgb: np.ndarray, record: Dict, output: Dict, metadata, scale: float = 2.0,
+    score_thresh: float = 0.5,
+) -> np.ndarray:
+    """Panels [ground truth, one per predicted output key] side by side.
+
+    Args:
+        image_rgb: (H, W, 3) uint8.
+        record: the dataset dict (ground truth is drawn from it).
+        output: the model's output for the image (``instances``/``sem_seg``/``panoptic_seg``).
+        metadata: the dataset's metadata (class names and colours).
+    Returns:
+        (H', W', 3) uint8 picture.
+    """
+    mode = ColorMode.IMAGE
+    panels = [
+        _label(Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
+               .draw_dataset_dict(record).get_image(), "ground truth")
+    ]
+    if "panoptic_seg" in output:
+        seg, info = output["panoptic_seg"]
+        vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
+        panels.append(_label(vis.draw_panoptic_seg(seg.cpu(), info).get_image(), "panoptic"))
+    if "sem_seg" in output:
+        vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
+        sem = output["sem_seg"].argmax(dim=0).cpu()
+        panels.append(_label(vis.draw_sem_seg(sem, alpha=0.6).get_image(), "semantic"))
+    if "instances" in output:
+        inst = output["instances"].to("cpu")
+        inst = inst[inst.scores >= score_thresh]
+        vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
+        panels.append(
+            _label(vis.draw_instance_predictions(inst).get_image(), f"instances (score>={score_thresh})")
+        )
+    h = max(p.shape[0] for p in panels)
+    panels = [np.pad(p, ((0, h - p.shape[0]), (0, 4), (0, 0)), constant_values=255) for p in panels]
+    return np.concatenate(panels, axis=1)
+
+
+@torch.no_grad()
+def save_prediction_overlays(
+    cfg: CfgNode, model: torch.nn.Module, dataset_name: str, output_dir: str, num: int
+) -> List[str]:
+    """Run the model on the first ``num`` images of a dataset and save overlays.
+
+    Writes ``<output_dir>/<stem>.png`` per image and ``<output_dir>/overview.png`` (all rows).
+    Returns the written paths.
+    """
+    if num <= 0:
+        return []
+    os.makedirs(output_dir, exist_ok=True)
+    metadata = MetadataCatalog.get(dataset_name)
+    mapper = Seg2DatasetMapper(cfg, False)
+    was_training = model.training
+    model.eval()
+    rows, paths = [], []
+    for record in DatasetCatalog.get(dataset_name)[:num]:
+        output = model([mapper(record)])[0]
+        image = utils.read_image(record["file_name"], format="RGB")
+        picture = draw_prediction(image, record, output, metadata)
+        path = os.path.join(output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        Image.fromarray(picture).save(path)
+        rows.append(picture)
+        paths.append(path)
+    model.train(was_training)
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    overview = os.path.join(output_dir, "overview.png")
+    Image.fromarray(grid).save(overview)
+    logger.info(f"Wrote {len(paths)} prediction overlays and {overview}")
+    return paths + [overview]

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Train and evaluate seg2 models with Detectron2's conventions.
+
+    python tools/train_net.py --config-file configs/X.yaml [--eval-only] [--resume] \
+        [--num-gpus N --num-machines M --machine-rank R --dist-url URL] [KEY VALUE ...]
+
+Evaluators are chosen from each test dataset's metadata; all metrics land in
+OUTPUT_DIR/metrics.json and prediction overlays in OUTPUT_DIR/vis.
+"""
+import logging
+import os
+
+from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
+
+import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
+from seg2.engine import AtomicCheckpointer, Seg2Trainer
+from seg2.engine.defaults import format_metrics_table, setup_cfg, write_metrics
+from seg2.utils.visualize import save_prediction_overlays
+
+logger = logging.getLogger("seg2")
+
+
+def finish(cfg, model, results):
+    """Table, metrics.json and overlays (main process only)."""
+    if not comm.is_main_process():
+        return
+    results = results or {}
+    logger.info("Results:\n" + format_metrics_table(results))
+    write_metrics(results, cfg.OUTPUT_DIR)
+    if cfg.DATASETS.TEST and cfg.TEST.SEG2.NUM_VIS > 0:
+        model = getattr(model, "module", model)  # unwrap DDP
+        save_prediction_overlays(
+            cfg, model, cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "vis"), cfg.TEST.SEG2.NUM_VIS
+        )
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = Seg2Trainer.build_model(cfg)
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Seg2Trainer.test(cfg, model)
+        finish(cfg, model, results)
+        return results
+    trainer = Seg2Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    results = getattr(trainer, "_last_eval_results", None)
+    finish(cfg, trainer.model, results)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
