@@ -40,6 +40,8 @@ def add_seg2_config(cfg: CN) -> CN:
     # Classic encoder: channels of the first level, doubled at each of DEPTH levels.
     cfg.MODEL.SEG2.UNET.BASE_CHANNELS = 64
     cfg.MODEL.SEG2.UNET.DEPTH = 5
+    # Classic encoder's norm ("" = none); the heads' convs use MODEL.SEM_SEG_HEAD.NORM.
+    cfg.MODEL.SEG2.UNET.NORM = "BN"
 
     # ---- DeconvNet head: mirrored encoder-decoder unpooling with the encoder's switches
     cfg.MODEL.SEG2.DECONVNET = CN()
@@ -53,6 +55,11 @@ def add_seg2_config(cfg: CN) -> CN:
     # U-Net weight map w = w_c + W0 * exp(-(d1 + d2)^2 / (2 SIGMA^2)), SIGMA in pixels.
     cfg.MODEL.SEG2.LOSS.UNET_W0 = 10.0
     cfg.MODEL.SEG2.LOSS.UNET_SIGMA = 5.0
+    # weighted_ce without the mapper's sem_seg_weights: semantic ids whose connected
+    # components stand in for instances (empty = weighted_ce requires INPUT.SEG2.WEIGHT_MAP).
+    cfg.MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES = []
+    # Smoothing added to the Dice numerator and denominator.
+    cfg.MODEL.SEG2.LOSS.DICE_EPS = 1.0
 
     # ---- panoptic meta-architecture (Seg2PanopticRCNN)
     cfg.MODEL.SEG2.PANOPTIC = CN()
@@ -67,6 +74,11 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.MODEL.SEG2.FUSION.OVERLAP_THRESH = 0.5
     # Stuff segments smaller than this many pixels become void.
     cfg.MODEL.SEG2.FUSION.STUFF_AREA_LIMIT = 64
+    # ProbabilisticFusion only: its score floor is lower because the semantic branch
+    # arbitrates weak instances; it mainly bounds the cost.
+    cfg.MODEL.SEG2.FUSION.PROB_SCORE_THRESH = 0.1
+    # ProbabilisticFusion only: weight of the semantic posterior in the per-pixel pool.
+    cfg.MODEL.SEG2.FUSION.SEMANTIC_WEIGHT = 0.5
 
     # ---- data
     cfg.INPUT.SEG2 = CN()

@@ -338,12 +338,12 @@ def _synthetic_semantic(root: str, split: str, meta: Dict) -> List[Dict]:
     return [{k: d[k] for k in keep} for d in pan_dicts]
 
 
-def register_synthetic(root: Optional[str] = None) -> None:
+def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") -> None:
     """Register the embedded synthetic splits (``datasets/prepare_synthetic.py`` writes them).
 
-    Names: ``synthetic_{split}`` (COCO instances), ``synthetic_{split}_sem`` (semantic, all
-    classes) and ``synthetic_{split}_panoptic`` (COCO panoptic + instances), split in
-    ``train``/``val``. The Cityscapes-style copy is registered as ``synthetic_cityscapes_*``
+    Names: ``{prefix}_{split}`` (COCO instances), ``{prefix}_{split}_sem`` (semantic, all
+    classes) and ``{prefix}_{split}_panoptic`` (COCO panoptic + instances), split in
+    ``train``/``val``; the root defaults to ``$DETECTRON2_DATASETS/synthetic`` (``datasets/``). The Cityscapes-style copy is registered as ``synthetic_cityscapes_*``
     by :func:`seg2.evaluation.cityscapes.register_cityscapes` when that module is present.
     """
     root = root or _synthetic_root()
@@ -352,13 +352,13 @@ def register_synthetic(root: Optional[str] = None) -> None:
     for split in SPLITS:
         images = os.path.join(root, "images", split)
         instances = os.path.join(root, "annotations", f"instances_{split}.json")
-        name = f"synthetic_{split}"
+        name = f"{prefix}_{split}"
         DatasetCatalog.register(name, lambda j=instances, i=images, n=name: load_coco_instances(j, i, n))
         MetadataCatalog.get(name).set(
             json_file=instances, image_root=images, evaluator_type="coco", **thing_meta
         )
 
-        name = f"synthetic_{split}_panoptic"
+        name = f"{prefix}_{split}_panoptic"
         pan_json = os.path.join(root, "annotations", f"panoptic_{split}.json")
         pan_root = os.path.join(root, f"panoptic_{split}")
         sem_root = os.path.join(root, f"semantic_{split}")
@@ -377,7 +377,7 @@ def register_synthetic(root: Optional[str] = None) -> None:
             **pan_meta,
         )
 
-        name = f"synthetic_{split}_sem"
+        name = f"{prefix}_{split}_sem"
         DatasetCatalog.register(name, lambda s=split: _synthetic_semantic(root, s, pan_meta))
         MetadataCatalog.get(name).set(
             image_root=images,
