@@ -10,10 +10,9 @@ OUTPUT_DIR/metrics.json and prediction overlays in OUTPUT_DIR/vis.
 import logging
 import os
 
+import seg2  # noqa: F401  (first: registers heads, meta-architectures and datasets)
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
-
-import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
 from seg2.engine.defaults import format_metrics_table, setup_cfg, write_metrics
 from seg2.utils.visualize import save_prediction_overlays

@@ -1,6 +1,15 @@
 """Importing this package registers seg2's heads, backbones, meta-architectures and ops."""
-from . import fusion, meta_arch_panoptic  # noqa: F401
+from . import backbone, fusion, losses, meta_arch_panoptic, meta_arch_semantic, sem_seg, upsample  # noqa: F401
 from .fusion import FUSION_REGISTRY, build_fusion
 from .meta_arch_panoptic import Seg2PanopticRCNN
+from .meta_arch_semantic import Seg2SemanticSegmentor
+from .upsample import UPSAMPLE_REGISTRY, build_upsample
 
-__all__ = ["FUSION_REGISTRY", "build_fusion", "Seg2PanopticRCNN"]
+__all__ = [
+    "FUSION_REGISTRY",
+    "build_fusion",
+    "Seg2PanopticRCNN",
+    "Seg2SemanticSegmentor",
+    "UPSAMPLE_REGISTRY",
+    "build_upsample",
+]
