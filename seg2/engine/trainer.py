@@ -62,3 +62,12 @@ class Seg2Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluators(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, but results are always keyed by dataset name (Detectron2
+        unwraps a single dataset), so metrics.json has one shape for one or many datasets."""
+        results = super().test(cfg, model, evaluators)
+        if len(cfg.DATASETS.TEST) == 1 and results:
+            results = {cfg.DATASETS.TEST[0]: results}
+        return results
