@@ -17,7 +17,9 @@ def add_seg2_config(cfg: CN) -> CN:
 
     # ---- upsampling op used by the semantic heads (registry in seg2/modeling/upsample.py)
     cfg.MODEL.SEG2.UPSAMPLE = CN()
-    # One of: nearest, bed_of_nails, max_unpool, bilinear, transposed.
+    # One of: nearest, bed_of_nails, max_unpool, bilinear, transposed. Read by FCN and
+    # U-Net, which reject max_unpool (backbones carry no pooling switches); DeconvNet always
+    # unpools with its own switches.
     cfg.MODEL.SEG2.UPSAMPLE.NAME = "bilinear"
     # Only for bilinear; False matches torch's default and the FCN paper's kernel.
     cfg.MODEL.SEG2.UPSAMPLE.ALIGN_CORNERS = False
@@ -31,11 +33,14 @@ def add_seg2_config(cfg: CN) -> CN:
 
     # ---- U-Net head and the classic U-Net encoder (backbone "build_unet_backbone")
     cfg.MODEL.SEG2.UNET = CN()
-    # Encoder levels the decoder consumes, coarsest first.
+    # Encoder levels the decoder consumes, coarsest first, each stride a multiple of the
+    # next (classic encoder: e.g. [res5, res4, res3, res2, res1]).
     cfg.MODEL.SEG2.UNET.IN_FEATURES = ["res5", "res4", "res3", "res2"]
     # Decoder channels per level (same length as IN_FEATURES).
     cfg.MODEL.SEG2.UNET.DECODER_CHANNELS = [256, 128, 64, 32]
     # "crop": valid convolutions + centre crop of the skip (paper); "pad": same-size convs.
+    # With build_unet_backbone, crop also makes the encoder valid and mirror-pads the input
+    # (overlap-tile) for UNetSemSegHead's decoder; other heads then refuse it.
     cfg.MODEL.SEG2.UNET.SKIP_MODE = "pad"
     # Classic encoder: channels of the first level, doubled at each of DEPTH levels.
     cfg.MODEL.SEG2.UNET.BASE_CHANNELS = 64
@@ -45,7 +50,9 @@ def add_seg2_config(cfg: CN) -> CN:
 
     # ---- DeconvNet head: mirrored encoder-decoder unpooling with the encoder's switches
     cfg.MODEL.SEG2.DECONVNET = CN()
+    # Feature the head's own conv + max-pool encoder starts from (res1 on the classic one).
     cfg.MODEL.SEG2.DECONVNET.IN_FEATURE = "res5"
+    # Stage widths, deepest first (one 2x2 pooling per entry); the decoder mirrors them.
     cfg.MODEL.SEG2.DECONVNET.CHANNELS = [256, 128, 64, 32]
 
     # ---- semantic losses: a weighted sum of names from {ce, weighted_ce, dice}
@@ -60,6 +67,21 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES = []
     # Smoothing added to the Dice numerator and denominator.
     cfg.MODEL.SEG2.LOSS.DICE_EPS = 1.0
+
+    # ---- sliding-window baseline (SlidingWindowSegmentor): a small CNN classifies the centre
+    # pixel of a WINDOW x WINDOW crop around every pixel (pre-FCN segmentation)
+    cfg.MODEL.SEG2.SLIDING_WINDOW = CN()
+    # Odd, so the window has a centre pixel; the image is mirror-padded by WINDOW // 2.
+    cfg.MODEL.SEG2.SLIDING_WINDOW.WINDOW = 33
+    # Random non-ignored pixels (windows) per image in a training step.
+    cfg.MODEL.SEG2.SLIDING_WINDOW.PIXELS_PER_IMAGE = 256
+    # Windows per forward pass in inference: bounds memory, not the result.
+    cfg.MODEL.SEG2.SLIDING_WINDOW.BATCH = 1024
+    # The CNN: one 3x3 conv + ReLU + 2x2 max-pool per entry, then FC_DIM hidden units.
+    cfg.MODEL.SEG2.SLIDING_WINDOW.CONV_CHANNELS = [16, 32, 64]
+    cfg.MODEL.SEG2.SLIDING_WINDOW.FC_DIM = 128
+    # Norm of the convs ("" = none); GN trains from scratch with small batches.
+    cfg.MODEL.SEG2.SLIDING_WINDOW.NORM = ""
 
     # ---- panoptic meta-architecture (Seg2PanopticRCNN)
     cfg.MODEL.SEG2.PANOPTIC = CN()
