@@ -8,6 +8,7 @@ from typing import Dict, Mapping
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
@@ -36,6 +37,7 @@ def setup_cfg(args) -> CfgNode:
     register_from_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
     return cfg
 
 

@@ -12,6 +12,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from ..data.dataset_mapper import Seg2DatasetMapper
+from ..data.datasets import rgb_to_id
 
 __all__ = ["draw_prediction", "save_prediction_overlays"]
 
@@ -42,10 +43,14 @@ def draw_prediction(
         (H', W', 3) uint8 picture.
     """
     mode = ColorMode.IMAGE
-    panels = [
-        _label(Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
-               .draw_dataset_dict(record).get_image(), "ground truth")
-    ]
+    vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
+    if "pan_seg_file_name" in record:
+        # Detectron2's draw_dataset_dict needs panopticapi for this; decode the PNG ourselves.
+        ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+        gt = vis.draw_panoptic_seg(torch.from_numpy(ids), [dict(s) for s in record["segments_info"]])
+    else:
+        gt = vis.draw_dataset_dict(record)
+    panels = [_label(gt.get_image(), "ground truth")]
     if "panoptic_seg" in output:
         seg, info = output["panoptic_seg"]
         vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
