@@ -146,12 +146,24 @@ def _panoptic_metadata(categories: List[Dict]) -> Dict:
     return meta
 
 
-def _derive_semantic_png(pan_png: str, segments: List[Dict], out_png: str) -> None:
-    """Semantic labels (all classes, 255 = void) from a panoptic PNG; written atomically."""
+def _separated_metadata(categories: List[Dict]) -> Dict:
+    """Detectron2's PanopticFPN metadata: semantic class 0 = all things, stuff 1..N."""
+    meta = _panoptic_metadata(categories)
+    stuff = [c for c in sorted(categories, key=lambda c: c["id"]) if not c.get("isthing", 0)]
+    meta.update(
+        stuff_classes=["things"] + [c["name"] for c in stuff],
+        stuff_colors=[[82, 18, 128]] + [c.get("color", [0, 0, 0]) for c in stuff],
+        stuff_dataset_id_to_contiguous_id={c["id"]: i + 1 for i, c in enumerate(stuff)},
+    )
+    return meta
+
+
+def _derive_semantic_png(pan_png: str, labels: Dict[int, int], out_png: str) -> None:
+    """Semantic labels from a panoptic PNG (segment id -> label, 255 = void); written atomically."""
     ids = rgb_to_id(np.asarray(Image.open(pan_png).convert("RGB")))
     sem = np.full(ids.shape, IGNORE_LABEL, dtype=np.uint8)
-    for s in segments:
-        sem[ids == s["id"]] = s["category_id"]
+    for segment_id, label in labels.items():
+        sem[ids == segment_id] = label
     tmp = out_png + ".tmp.png"
     Image.fromarray(sem).save(tmp)
     os.replace(tmp, out_png)
@@ -181,7 +193,9 @@ def load_coco_panoptic(
         if not isinstance(data.get(key), list):
             raise DatasetFormatError(f"{panoptic_json}: top-level field '{key}' missing or not a list")
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
-    thing_ids = set(meta["thing_dataset_id_to_contiguous_id"])
+    thing_map = meta["thing_dataset_id_to_contiguous_id"]
+    # Detectron2's "separated" convention (PanopticFPN): stuff ids 1..N, all things one class 0.
+    separated = not set(thing_map) <= set(stuff_map)
     images = {im["id"]: im for im in data["images"]}
     instances_by_image = {}
     if instances_json:
@@ -190,7 +204,7 @@ def load_coco_panoptic(
     derive = semantic_root is None
     if derive:
         cache_dir = cache_dir or os.path.join(os.path.dirname(panoptic_root.rstrip("/")), "cache")
-        semantic_root = os.path.join(cache_dir, os.path.basename(panoptic_root.rstrip("/")) + "_semseg")
+        semantic_root = os.path.join(cache_dir, os.path.basename(panoptic_root.rstrip("/")) + ("_semseg_separated" if separated else "_semseg"))
         os.makedirs(semantic_root, exist_ok=True)
 
     dicts = []
@@ -205,7 +219,7 @@ def load_coco_panoptic(
         segments = []
         for s in ann["segments_info"]:
             _require(s, ("id", "category_id"), panoptic_json, f"segment of {ann['file_name']}")
-            if s["category_id"] not in stuff_map:
+            if s["category_id"] not in stuff_map and s["category_id"] not in thing_map:
                 raise DatasetFormatError(
                     f"{panoptic_json}: segment {s['id']} of {ann['file_name']} has unknown "
                     f"category_id {s['category_id']}"
@@ -213,8 +227,8 @@ def load_coco_panoptic(
             segments.append(
                 dict(
                     s,
-                    category_id=stuff_map[s["category_id"]],
-                    isthing=s["category_id"] in thing_ids,
+                    category_id=thing_map.get(s["category_id"], stuff_map.get(s["category_id"])),
+                    isthing=s["category_id"] in thing_map,
                     iscrowd=s.get("iscrowd", 0),
                 )
             )
@@ -225,7 +239,8 @@ def load_coco_panoptic(
         if derive and (
             not os.path.isfile(sem_png) or os.path.getmtime(sem_png) < os.path.getmtime(pan_png)
         ):
-            _derive_semantic_png(pan_png, segments, sem_png)
+            labels = {s["id"]: stuff_map.get(s["category_id"], 0) for s in ann["segments_info"]}
+            _derive_semantic_png(pan_png, labels, sem_png)
         record = {
             "file_name": os.path.join(image_root, img["file_name"]),
             "image_id": img["id"],
@@ -342,11 +357,16 @@ def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") ->
     """Register the embedded synthetic splits (``datasets/prepare_synthetic.py`` writes them).
 
     Names: ``{prefix}_{split}`` (COCO instances), ``{prefix}_{split}_sem`` (semantic, all
-    classes) and ``{prefix}_{split}_panoptic`` (COCO panoptic + instances), split in
-    ``train``/``val``; the root defaults to ``$DETECTRON2_DATASETS/synthetic`` (``datasets/``). The Cityscapes-style copy is registered as ``synthetic_cityscapes_*``
-    by :func:`seg2.evaluation.cityscapes.register_cityscapes` when that module is present.
+    classes), ``{prefix}_{split}_panoptic`` (COCO panoptic + instances) and
+    ``{prefix}_{split}_panoptic_separated`` (the same with Detectron2's PanopticFPN semantic
+    convention: things = 0, stuff 1..N), split in ``train``/``val``. The root defaults to
+    ``$DETECTRON2_DATASETS/synthetic`` (``datasets/``). The Cityscapes-style copy is registered
+    as ``{prefix}_cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
     """
+    from ..evaluation.cityscapes import register_cityscapes
+
     root = root or _synthetic_root()
+    register_cityscapes(os.path.join(root, "cityscapes"), prefix=f"{prefix}_cityscapes")
     pan_meta = _panoptic_metadata(CATEGORIES)
     thing_meta = {k: pan_meta[k] for k in ("thing_classes", "thing_colors", "thing_dataset_id_to_contiguous_id")}
     for split in SPLITS:
@@ -377,6 +397,23 @@ def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") ->
             **pan_meta,
         )
 
+        name = f"{prefix}_{split}_panoptic_separated"
+        sep_meta = _separated_metadata(CATEGORIES)
+        DatasetCatalog.register(
+            name,
+            lambda p=pan_json, i=images, r=pan_root, j=instances, n=name: load_coco_panoptic(
+                p, i, r, sep_meta, j, dataset_name=n
+            ),
+        )
+        MetadataCatalog.get(name).set(
+            image_root=images,
+            panoptic_root=pan_root,
+            panoptic_json=pan_json,
+            json_file=instances,
+            evaluator_type="coco_panoptic_seg",
+            **sep_meta,
+        )
+
         name = f"{prefix}_{split}_sem"
         DatasetCatalog.register(name, lambda s=split: _synthetic_semantic(root, s, pan_meta))
         MetadataCatalog.get(name).set(
@@ -392,8 +429,14 @@ def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") ->
 def register_from_config(cfg) -> None:
     """Register the datasets listed under ``DATASETS.SEG2`` (user data by path, no Python).
 
+    Also registers Cityscapes from ``DATASETS.SEG2.CITYSCAPES_ROOT`` (default
+    ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
     Already-registered names are skipped, so calling this twice (e.g. in each worker) is safe.
     """
+    from ..evaluation.cityscapes import cityscapes_root, register_cityscapes
+
+    register_cityscapes(cityscapes_root(cfg))
+
     def entries(key: str, lengths: Sequence[int]):
         for entry in getattr(cfg.DATASETS.SEG2, key):
             if isinstance(entry, str) or len(entry) not in lengths:

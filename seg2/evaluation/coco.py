@@ -1,0 +1,368 @@
+"""Exact COCO box and mask AP without ``detectron2._C``.
+
+Detectron2's fast path (``COCOeval_opt``) needs its compiled extension, which a pure-Python
+install lacks, so it falls back to pycocotools' slow Python ``evaluateImg``. Here the
+evaluation runs on faster-coco-eval's ``COCOeval_faster`` (C++ matching and accumulation)
+when it is installed; its figures equal pycocotools' ``COCOeval`` on the same files (checked
+to 1e-9 in ``tests/evaluation/test_coco.py`` on crowd regions, duplicates, misses, empty
+images and non-contiguous category ids), and plain pycocotools is the fallback.
+
+Conventions are Detectron2's: results carry the dataset's original category ids, mask AP
+is computed without the results' boxes (so small/medium/large use the mask area), and the
+metrics are in percent with per-category ``AP-<name>``.
+"""
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.file_io import PathManager
+
+from .offline import EvaluationInputError, read_json
+
+__all__ = [
+    "default_backend",
+    "load_coco_gt",
+    "validate_coco_results",
+    "coco_summary",
+    "evaluate_coco_results",
+    "evaluate_coco_files",
+    "Seg2COCOEvaluator",
+]
+
+logger = logging.getLogger(__name__)
+
+_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
+def default_backend() -> str:
+    """``"faster_coco_eval"`` when importable, else ``"pycocotools"``."""
+    try:
+        import faster_coco_eval  # noqa: F401
+
+        return "faster_coco_eval"
+    except ImportError:
+        return "pycocotools"
+
+
+def _api(backend: str):
+    """(COCO class, COCOeval class) of a backend."""
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, COCOeval_faster
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    raise ValueError(f"Unknown COCO backend {backend!r}; choose from {BACKENDS}")
+
+
+def load_coco_gt(gt: Union[str, Dict], backend: Optional[str] = None):
+    """A COCO ground-truth API object of ``backend`` from a JSON path or a loaded dict."""
+    coco_cls, _ = _api(backend or default_backend())
+    with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(gt, str):
+            gt = read_json(gt, "COCO ground-truth")
+        api = coco_cls()
+        api.dataset = gt if backend != "faster_coco_eval" else dict(gt)
+        api.createIndex()
+    return api
+
+
+def validate_coco_results(
+    results: Any, gt_dataset: Dict, iou_types: Sequence[str], source: str
+) -> List[Dict]:
+    """Check a COCO results list against its ground truth before pycocotools sees it.
+
+    Args:
+        results: the parsed results (a list of dicts with ``image_id``, ``category_id``,
+            ``score`` and ``bbox`` for "bbox" / RLE ``segmentation`` for "segm").
+        gt_dataset: the ground-truth dict (``images``, ``categories``).
+        iou_types: the evaluations that will run.
+        source: file name for the messages.
+
+    Returns:
+        ``results``. Raises EvaluationInputError naming ``source``, the entry and the field.
+    """
+    if not isinstance(results, list):
+        raise EvaluationInputError(
+            f"{source}: COCO results must be a JSON list, got {type(results).__name__}"
+        )
+    images = {im["id"]: im for im in gt_dataset.get("images", [])}
+    cat_ids = {c["id"] for c in gt_dataset.get("categories", [])}
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise EvaluationInputError(f"{source}: entry {i} is not an object")
+        for key in ("image_id", "category_id", "score"):
+            if key not in r:
+                raise EvaluationInputError(f"{source}: entry {i} lacks field '{key}'")
+        if r["image_id"] not in images:
+            raise EvaluationInputError(
+                f"{source}: entry {i} has image_id {r['image_id']!r}, not an image of the ground truth"
+            )
+        if r["category_id"] not in cat_ids:
+            raise EvaluationInputError(
+                f"{source}: entry {i} has category_id {r['category_id']!r}, not among the "
+                f"ground-truth category ids {sorted(cat_ids)} (results use the dataset's original ids)"
+            )
+        if not isinstance(r["score"], (int, float)) or not np.isfinite(r["score"]):
+            raise EvaluationInputError(
+                f"{source}: entry {i} has a non-numeric score {r['score']!r}"
+            )
+        if "bbox" in iou_types:
+            box = r.get("bbox")
+            if not (isinstance(box, (list, tuple)) and len(box) == 4):
+                raise EvaluationInputError(
+                    f"{source}: entry {i} lacks a 'bbox' [x, y, w, h] (needed for bbox AP; "
+                    "evaluate only segm to skip it)"
+                )
+        if "segm" in iou_types:
+            seg = r.get("segmentation")
+            if not (isinstance(seg, dict) and "size" in seg and "counts" in seg):
+                raise EvaluationInputError(
+                    f"{source}: entry {i} lacks an RLE 'segmentation' {{size, counts}} "
+                    "(needed for segm AP; evaluate only bbox to skip it)"
+                )
+            im = images[r["image_id"]]
+            if list(seg["size"]) != [im["height"], im["width"]]:
+                raise EvaluationInputError(
+                    f"{source}: entry {i} segmentation size {list(seg['size'])} differs from "
+                    f"image {r['image_id']} size [{im['height']}, {im['width']}] (height, width)"
+                )
+    return results
+
+
+def coco_summary(
+    coco_eval, iou_type: str, class_names: Optional[Sequence[str]] = None
+) -> Dict[str, float]:
+    """Detectron2's ``COCOEvaluator._derive_coco_results``: percent AP figures and ``AP-<name>``.
+
+    Args:
+        coco_eval: a summarised COCOeval (either backend), or None when there were no results
+            (every figure is then NaN).
+        iou_type: "bbox" or "segm".
+        class_names: one per ground-truth category in ascending id order.
+    """
+    if coco_eval is None:
+        return {m: float("nan") for m in _METRICS}
+    results = {
+        m: float(coco_eval.stats[i] * 100 if coco_eval.stats[i] >= 0 else "nan")
+        for i, m in enumerate(_METRICS)
+    }
+    if class_names is None or len(class_names) <= 1:
+        return results
+    precisions = coco_eval.eval["precision"]  # (iou, recall, class, area range, max dets)
+    if len(class_names) != precisions.shape[2]:
+        raise ValueError(
+            f"{len(class_names)} class names for {precisions.shape[2]} COCO categories"
+        )
+    for idx, name in enumerate(class_names):
+        precision = precisions[:, :, idx, 0, -1]
+        precision = precision[precision > -1]
+        results[f"AP-{name}"] = float(np.mean(precision) * 100) if precision.size else float("nan")
+    return results
+
+
+def evaluate_coco_results(
+    coco_gt,
+    results: List[Dict],
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    class_names: Optional[Sequence[str]] = None,
+    backend: Optional[str] = None,
+    max_dets_per_image: Optional[Sequence[int]] = None,
+    img_ids: Optional[Sequence[int]] = None,
+) -> "OrderedDict[str, Dict[str, float]]":
+    """Run COCOeval for each IoU type on in-memory results (original category ids).
+
+    Args:
+        coco_gt: a ground-truth API object of ``backend`` (see :func:`load_coco_gt`).
+        results: COCO results; not modified.
+        iou_types: subset of ("bbox", "segm").
+        class_names: names in ascending category-id order (default: the GT's names).
+        backend: "faster_coco_eval" or "pycocotools" (default: the former when installed).
+        max_dets_per_image: COCOeval ``maxDets`` (default [1, 10, 100]).
+        img_ids: evaluate on these images only.
+
+    Returns:
+        {iou_type: :func:`coco_summary`}.
+    """
+    backend = backend or default_backend()
+    _, eval_cls = _api(backend)
+    if class_names is None:
+        cats = sorted(coco_gt.dataset["categories"], key=lambda c: c["id"])
+        class_names = [c["name"] for c in cats]
+    out: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
+    for iou_type in sorted(iou_types):
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"Unsupported iou_type {iou_type!r}; seg2 evaluates 'bbox' and 'segm'")
+        if not results:  # pycocotools cannot load an empty result list
+            out[iou_type] = coco_summary(None, iou_type)
+            continue
+        dts = [_copy_result(r) for r in results]  # loadRes writes into the dicts
+        if iou_type == "segm":
+            for d in dts:  # with a box, loadRes would take the box area as the mask's
+                d.pop("bbox", None)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(dts)
+            if backend == "faster_coco_eval":
+                coco_eval = eval_cls(
+                    coco_gt, coco_dt, iou_type, print_function=lambda *a, **k: None
+                )
+            else:
+                coco_eval = eval_cls(coco_gt, coco_dt, iou_type)
+            if max_dets_per_image is not None:
+                coco_eval.params.maxDets = list(max_dets_per_image)
+            if img_ids is not None:
+                coco_eval.params.imgIds = list(img_ids)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            if backend == "pycocotools" and coco_eval.params.maxDets[-1] != 100:
+                _summarize_max_dets(coco_eval)
+            else:
+                coco_eval.summarize()
+        out[iou_type] = coco_summary(coco_eval, iou_type, class_names)
+    return out
+
+
+def _copy_result(r: Dict) -> Dict:
+    """A copy deep enough for loadRes/COCOeval to write into (deepcopy took 40% of the time)."""
+    out = dict(r)
+    for key in ("segmentation", "bbox"):
+        if isinstance(out.get(key), dict):
+            out[key] = dict(out[key])
+        elif isinstance(out.get(key), list):
+            out[key] = list(out[key])
+    return out
+
+
+def _summarize_max_dets(coco_eval) -> None:
+    """pycocotools' summarize hard-codes 100 detections; Detectron2's COCOevalMaxDets does not."""
+    from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
+
+    COCOevalMaxDets.summarize(coco_eval)
+
+
+def evaluate_coco_files(
+    gt_json: str,
+    results_json: str,
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    backend: Optional[str] = None,
+) -> "OrderedDict[str, Dict[str, float]]":
+    """Evaluate a COCO results file against a COCO instances file.
+
+    Both files are validated first (unknown image or category ids, missing fields, mask
+    sizes), so bad input raises EvaluationInputError naming the file and the entry.
+
+    Returns:
+        {"bbox": {...}, "segm": {...}} (the IoU types asked for), Detectron2's keys.
+    """
+    gt = read_json(gt_json, "COCO ground-truth")
+    if not isinstance(gt, dict):
+        raise EvaluationInputError(f"{gt_json}: COCO ground truth must be a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key), list):
+            raise EvaluationInputError(f"{gt_json}: top-level field '{key}' missing or not a list")
+    results = validate_coco_results(
+        read_json(results_json, "COCO results"), gt, iou_types, results_json
+    )
+    backend = backend or default_backend()
+    return evaluate_coco_results(load_coco_gt(gt, backend), results, iou_types, backend=backend)
+
+
+class Seg2COCOEvaluator(COCOEvaluator):
+    """Detectron2's ``COCOEvaluator`` computing exact AP with faster-coco-eval.
+
+    Same constructor, outputs (``coco_instances_results.json`` with the dataset's original
+    category ids, ``instances_predictions.pth``) and result keys; ``use_fast_impl`` selects
+    faster-coco-eval instead of Detectron2's compiled ``COCOeval_opt``, and falls back to
+    pycocotools when faster-coco-eval is missing. Keypoints go to Detectron2's own path.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        tasks: Optional[Sequence[str]] = None,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        max_dets_per_image: Optional[int] = None,
+        use_fast_impl: bool = True,
+        kpt_oks_sigmas: Sequence[float] = (),
+        allow_cached_coco: bool = True,
+    ):
+        """Args: as Detectron2's ``COCOEvaluator``."""
+        super().__init__(
+            dataset_name,
+            tasks=tasks,
+            distributed=distributed,
+            output_dir=output_dir,
+            max_dets_per_image=max_dets_per_image,
+            use_fast_impl=False,  # never Detectron2's COCOeval_opt: it needs detectron2._C
+            kpt_oks_sigmas=kpt_oks_sigmas,
+            allow_cached_coco=allow_cached_coco,
+        )
+        self._backend = default_backend() if use_fast_impl else "pycocotools"
+        self._seg2_gt = None
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        """Unmap category ids, write ``coco_instances_results.json``, evaluate."""
+        coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
+        tasks = self._tasks or self._tasks_from_predictions(coco_results)
+        if "keypoints" in tasks:
+            return super()._eval_predictions(predictions, img_ids=img_ids)
+
+        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
+            mapping = self._metadata.thing_dataset_id_to_contiguous_id
+            reverse = {v: k for k, v in mapping.items()}
+            for result in coco_results:
+                if result["category_id"] not in reverse:
+                    raise ValueError(
+                        f"A prediction has class {result['category_id']}, but dataset "
+                        f"classes are 0..{len(reverse) - 1}"
+                    )
+                result["category_id"] = reverse[result["category_id"]]
+
+        if self._output_dir:
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            self._logger.info(f"Saving results to {path}")
+            PathManager.mkdirs(self._output_dir)
+            with PathManager.open(path, "w") as f:
+                f.write(json.dumps(coco_results))
+
+        if not self._do_evaluation:
+            self._logger.info("Annotations are not available for evaluation.")
+            return
+
+        if self._seg2_gt is None:
+            self._seg2_gt = (
+                self._coco_api
+                if self._backend == "pycocotools"
+                else load_coco_gt(self._coco_api.dataset, self._backend)
+            )
+        self._logger.info(f"Evaluating predictions with {self._backend} (exact COCO AP) ...")
+        class_names = self._metadata.get("thing_classes")
+        per_task = evaluate_coco_results(
+            self._seg2_gt,
+            coco_results,
+            tasks,
+            class_names=class_names,
+            backend=self._backend,
+            max_dets_per_image=self._max_dets_per_image,
+            img_ids=img_ids,
+        )
+        for task, res in per_task.items():
+            self._logger.info(
+                f"Evaluation results for {task}: "
+                + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if k in _METRICS)
+            )
+            self._results[task] = res

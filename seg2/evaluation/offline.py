@@ -1,0 +1,206 @@
+"""Loading and validating predictions saved on disk, for evaluation without a model.
+
+Every check raises :class:`EvaluationInputError` with a message that names the offending
+file (and the field or id), so ``tools/evaluate.py`` can print one line instead of a
+traceback from deep inside numpy, pycocotools or cityscapesscripts.
+"""
+
+import contextlib
+import io
+import json
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "EvaluationInputError",
+    "read_json",
+    "read_label_png",
+    "read_rgb_png",
+    "list_pngs",
+    "match_by_name",
+    "check_label_values",
+    "run_official",
+    "pair_error",
+    "write_json",
+    "format_results",
+]
+
+
+class EvaluationInputError(ValueError):
+    """Bad evaluation input; the message names the file and, where known, the field or id."""
+
+
+def read_json(path: str, what: str = "JSON") -> Any:
+    """Parse a JSON file; a missing or malformed file raises EvaluationInputError naming it."""
+    if not os.path.isfile(path):
+        raise EvaluationInputError(f"{path}: {what} file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise EvaluationInputError(
+            f"{path}: malformed {what} at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise EvaluationInputError(f"{path}: {what} is not UTF-8 text ({e.reason})") from None
+
+
+def _open_png(path: str, what: str) -> Image.Image:
+    if not os.path.isfile(path):
+        raise EvaluationInputError(f"{path}: {what} PNG not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
+        raise EvaluationInputError(
+            f"{path}: unreadable {what} PNG ({type(e).__name__}: {e})"
+        ) from None
+    return img
+
+
+def read_label_png(path: str, what: str = "label") -> np.ndarray:
+    """A single-channel label PNG (8- or 16-bit) as an (H, W) integer array.
+
+    Palette PNGs give their indices, which is how label maps are usually stored.
+    """
+    img = _open_png(path, what)
+    if img.mode not in ("L", "P", "I;16", "I", "1"):
+        raise EvaluationInputError(
+            f"{path}: {what} PNG must have one channel of class ids, got mode {img.mode!r}"
+        )
+    arr = np.asarray(img)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def read_rgb_png(path: str, what: str = "panoptic") -> np.ndarray:
+    """An RGB PNG as an (H, W, 3) uint8 array (COCO panoptic id encoding)."""
+    img = _open_png(path, what)
+    if img.mode != "RGB":
+        raise EvaluationInputError(f"{path}: {what} PNG must be RGB, got mode {img.mode!r}")
+    return np.asarray(img)
+
+
+def list_pngs(folder: str, what: str) -> List[str]:
+    """Relative paths of every ``*.png`` under ``folder`` (recursive, sorted)."""
+    if not os.path.isdir(folder):
+        raise EvaluationInputError(f"{folder}: {what} folder not found")
+    found = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.lower().endswith(".png"):
+                found.append(os.path.relpath(os.path.join(root, f), folder))
+    found.sort()
+    if not found:
+        raise EvaluationInputError(f"{folder}: no {what} PNGs found")
+    return found
+
+
+def match_by_name(gt_dir: str, pred_dir: str) -> List[Tuple[str, str]]:
+    """Pair every ground-truth PNG with the prediction PNG of the same relative path.
+
+    Returns:
+        list of (gt_path, pred_path); a ground truth without prediction raises
+        EvaluationInputError naming the ground-truth file and the expected prediction path.
+    """
+    gt_files = list_pngs(gt_dir, "ground-truth")
+    if not os.path.isdir(pred_dir):
+        raise EvaluationInputError(f"{pred_dir}: prediction folder not found")
+    pairs = []
+    for rel in gt_files:
+        pred = os.path.join(pred_dir, rel)
+        if not os.path.isfile(pred):
+            raise EvaluationInputError(
+                f"{os.path.join(gt_dir, rel)}: no prediction for this ground truth (expected {pred})"
+            )
+        pairs.append((os.path.join(gt_dir, rel), pred))
+    return pairs
+
+
+def check_label_values(
+    labels: np.ndarray, num_classes: int, ignore_label: Optional[int], path: str, what: str
+) -> None:
+    """Raise if ``labels`` holds values outside ``[0, num_classes)`` other than ``ignore_label``."""
+    if labels.size == 0:
+        return
+    values = (
+        np.unique(labels)
+        if labels.dtype.itemsize > 2
+        else np.flatnonzero(np.bincount(labels.ravel().astype(np.int64, copy=False)))
+    )
+    bad = [int(v) for v in values if (v < 0 or v >= num_classes) and v != ignore_label]
+    if bad:
+        allowed = f"0..{num_classes - 1}" + (
+            f" or {ignore_label}" if ignore_label is not None else ""
+        )
+        raise EvaluationInputError(
+            f"{path}: {what} value(s) {bad[:10]} outside the class range {allowed}"
+        )
+
+
+def run_official(fn: Callable, *args, source: str = "", **kwargs):
+    """Call an official evaluation script function quietly.
+
+    cityscapesscripts print progress to stdout and report bad input with ``sys.exit``;
+    both are captured here, and an exit becomes EvaluationInputError with the script's
+    message (which names the file), prefixed by ``source``.
+    """
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            return fn(*args, **kwargs)
+    except SystemExit:
+        errors = [line for line in out.getvalue().splitlines() if "ERROR" in line]
+        message = errors[-1].replace("ERROR: ", "") if errors else out.getvalue()[-500:]
+        raise EvaluationInputError(f"{source}: {message}" if source else message) from None
+
+
+def pair_error(gt_path: str, pred_path: str, gt_shape: Sequence[int], pred_shape: Sequence[int]):
+    """The size-mismatch error, naming the prediction file."""
+    return EvaluationInputError(
+        f"{pred_path}: prediction is {tuple(pred_shape)} (H, W) but its ground truth "
+        f"{gt_path} is {tuple(gt_shape)}"
+    )
+
+
+def write_json(results: Dict, path: str) -> str:
+    """Write metrics as indented JSON atomically (same layout as ``tools/train_net.py``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    os.replace(tmp, path)
+    return path
+
+
+def format_results(results: Mapping[str, Mapping[str, float]]) -> str:
+    """Readable tables of ``{task: {metric: value}}``: per task one row of the summary
+    metrics, then one row per class of the ``<metric>-<class>`` entries (pipe format)."""
+    from tabulate import tabulate
+
+    blocks = []
+    for task, metrics in results.items():
+        summary = {k: v for k, v in metrics.items() if "-" not in k}
+        per_class: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
+        columns: List[str] = []
+        for key, value in metrics.items():
+            if "-" in key:
+                metric, name = key.split("-", 1)
+                if metric not in columns:
+                    columns.append(metric)
+                per_class.setdefault(name, {})[metric] = value
+        fmt = dict(tablefmt="pipe", floatfmt=".3f", numalign="right")
+        text = f"{task}:\n" + tabulate([list(summary.values())], headers=list(summary), **fmt)
+        if per_class:
+            rows = [
+                [name] + [m.get(c, float("nan")) for c in columns] for name, m in per_class.items()
+            ]
+            text += "\n\n" + tabulate(rows, headers=["class"] + columns, **fmt)
+        blocks.append(text)
+    return "\n\n".join(blocks)
