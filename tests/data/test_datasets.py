@@ -53,6 +53,21 @@ class TestSyntheticRegistration(unittest.TestCase):
                 self.assertEqual(s["isthing"], s["category_id"] < 3)
                 self.assertLess(s["category_id"], 7)
 
+    def test_panoptic_separated_semantic_convention(self):
+        """PanopticFPN's targets: things -> 0, stuff -> 1..4, void 255; checked against the
+        generator's all-classes PNGs remapped by hand."""
+        name = f"{self.prefix}_val_panoptic_separated"
+        meta = MetadataCatalog.get(name)
+        self.assertEqual(meta.stuff_classes, ["things", "stripes", "checker", "dots", "smooth"])
+        self.assertEqual(meta.stuff_dataset_id_to_contiguous_id, {20: 1, 21: 2, 25: 3, 30: 4})
+        remap = np.array([0, 0, 0, 1, 2, 3, 4] + [255] * 249, dtype=np.uint8)
+        for d in DatasetCatalog.get(name):
+            derived = np.asarray(Image.open(d["sem_seg_file_name"]))
+            reference = np.asarray(Image.open(f"{self.root}/semantic_val/" + os.path.basename(d["sem_seg_file_name"])))
+            np.testing.assert_array_equal(derived, remap[reference])
+            for s in d["segments_info"]:
+                self.assertLess(s["category_id"], 3 if s["isthing"] else 5)
+
     def test_semantic_dicts(self):
         dicts = DatasetCatalog.get(f"{self.prefix}_val_sem")
         self.assertEqual(MetadataCatalog.get(f"{self.prefix}_val_sem").ignore_label, 255)
