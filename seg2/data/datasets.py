@@ -265,14 +265,18 @@ def register_coco_panoptic(
     panoptic_json: str,
     instances_json: Optional[str] = None,
     semantic_root: Optional[str] = None,
+    metadata: Optional[Dict] = None,
 ) -> None:
     """Register a COCO panoptic dataset (evaluator_type ``coco_panoptic_seg``).
 
-    Categories are read from ``panoptic_json`` (each with ``isthing``) at registration.
+    Categories are read from ``panoptic_json`` (each with ``isthing``) at registration unless
+    ``metadata`` (class names and id maps, see ``_panoptic_metadata``) is given.
     """
-    meta = _panoptic_metadata(load_json(panoptic_json)["categories"]) if os.path.isfile(
-        panoptic_json
-    ) else {}
+    meta = metadata
+    if meta is None:
+        meta = _panoptic_metadata(load_json(panoptic_json)["categories"]) if os.path.isfile(
+            panoptic_json
+        ) else {}
     DatasetCatalog.register(
         name,
         lambda: load_coco_panoptic(
@@ -372,46 +376,17 @@ def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") ->
     for split in SPLITS:
         images = os.path.join(root, "images", split)
         instances = os.path.join(root, "annotations", f"instances_{split}.json")
-        name = f"{prefix}_{split}"
-        DatasetCatalog.register(name, lambda j=instances, i=images, n=name: load_coco_instances(j, i, n))
-        MetadataCatalog.get(name).set(
-            json_file=instances, image_root=images, evaluator_type="coco", **thing_meta
-        )
+        register_coco_instances(f"{prefix}_{split}", instances, images, thing_meta)
 
-        name = f"{prefix}_{split}_panoptic"
         pan_json = os.path.join(root, "annotations", f"panoptic_{split}.json")
         pan_root = os.path.join(root, f"panoptic_{split}")
         sem_root = os.path.join(root, f"semantic_{split}")
-        DatasetCatalog.register(
-            name,
-            lambda p=pan_json, i=images, r=pan_root, j=instances, s=sem_root, n=name: load_coco_panoptic(
-                p, i, r, pan_meta, j, s, dataset_name=n
-            ),
+        register_coco_panoptic(
+            f"{prefix}_{split}_panoptic", images, pan_root, pan_json, instances, sem_root, pan_meta
         )
-        MetadataCatalog.get(name).set(
-            image_root=images,
-            panoptic_root=pan_root,
-            panoptic_json=pan_json,
-            json_file=instances,
-            evaluator_type="coco_panoptic_seg",
-            **pan_meta,
-        )
-
-        name = f"{prefix}_{split}_panoptic_separated"
-        sep_meta = _separated_metadata(CATEGORIES)
-        DatasetCatalog.register(
-            name,
-            lambda p=pan_json, i=images, r=pan_root, j=instances, n=name: load_coco_panoptic(
-                p, i, r, sep_meta, j, dataset_name=n
-            ),
-        )
-        MetadataCatalog.get(name).set(
-            image_root=images,
-            panoptic_root=pan_root,
-            panoptic_json=pan_json,
-            json_file=instances,
-            evaluator_type="coco_panoptic_seg",
-            **sep_meta,
+        register_coco_panoptic(
+            f"{prefix}_{split}_panoptic_separated", images, pan_root, pan_json, instances,
+            metadata=_separated_metadata(CATEGORIES),
         )
 
         name = f"{prefix}_{split}_sem"
