@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP_KEY := $(shell cat requirements.txt setup.py | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(STAMP_KEY)
 DATA := datasets/synthetic
-DEMO_CFG := configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml
+DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml
 DEMO_OUT := output/demo
 
 .PHONY: setup demo test data bench clean

@@ -74,11 +74,11 @@ def add_seg2_config(cfg: CN) -> CN:
     # Odd, so the window has a centre pixel; the image is mirror-padded by WINDOW // 2.
     cfg.MODEL.SEG2.SLIDING_WINDOW.WINDOW = 33
     # Random non-ignored pixels (windows) per image in a training step.
-    cfg.MODEL.SEG2.SLIDING_WINDOW.PIXELS_PER_IMAGE = 256
+    cfg.MODEL.SEG2.SLIDING_WINDOW.PIXELS_PER_IMAGE = 128
     # Windows per forward pass in inference: bounds memory, not the result.
     cfg.MODEL.SEG2.SLIDING_WINDOW.BATCH = 1024
     # The CNN: one 3x3 conv + ReLU + 2x2 max-pool per entry, then FC_DIM hidden units.
-    cfg.MODEL.SEG2.SLIDING_WINDOW.CONV_CHANNELS = [16, 32, 64]
+    cfg.MODEL.SEG2.SLIDING_WINDOW.CONV_CHANNELS = [8, 16, 32]
     cfg.MODEL.SEG2.SLIDING_WINDOW.FC_DIM = 128
     # Norm of the convs ("" = none); GN trains from scratch with small batches.
     cfg.MODEL.SEG2.SLIDING_WINDOW.NORM = ""
@@ -106,6 +106,9 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.INPUT.SEG2 = CN()
     # Compute the U-Net border weight map in the dataset mapper (needs instance masks).
     cfg.INPUT.SEG2.WEIGHT_MAP = False
+    # Semantic crops: most of a crop one class may cover before another crop is drawn
+    # (1.0 = no limit); Detectron2's DeepLab recipe uses 0.75 on Cityscapes.
+    cfg.INPUT.SEG2.CROP_SINGLE_CATEGORY_MAX_AREA = 1.0
 
     cfg.DATASETS.SEG2 = CN()
     # Register your own data by path, no Python needed. Each entry is a list:

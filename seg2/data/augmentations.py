@@ -29,7 +29,7 @@ def build_augmentations(cfg: CfgNode, is_train: bool) -> List[T.Augmentation]:
                 T.RandomCrop_CategoryAreaConstraint(
                     cfg.INPUT.CROP.TYPE,
                     cfg.INPUT.CROP.SIZE,
-                    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                    cfg.INPUT.SEG2.CROP_SINGLE_CATEGORY_MAX_AREA,
                     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
                 )
             )

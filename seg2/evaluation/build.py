@@ -14,6 +14,7 @@ _MODEL_TASKS: Dict[str, Set[str]] = {
     "GeneralizedRCNN": {"instances"},
     "SemanticSegmentor": {"sem_seg"},
     "Seg2SemanticSegmentor": {"sem_seg"},
+    "SlidingWindowSegmentor": {"sem_seg"},
     # PanopticFPN's sem_seg merges all things into one class, so it is not scored as sem_seg.
     "PanopticFPN": {"instances", "panoptic_seg"},
     "Seg2PanopticRCNN": {"instances", "sem_seg", "panoptic_seg"},

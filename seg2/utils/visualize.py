@@ -44,12 +44,12 @@ def draw_prediction(
     """
     mode = ColorMode.IMAGE
     vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
-    if "pan_seg_file_name" in record:
+    if "pan_seg_file_name" in record and metadata.get("thing_classes", None) is not None:
         # Detectron2's draw_dataset_dict needs panopticapi for this; decode the PNG ourselves.
         ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
         gt = vis.draw_panoptic_seg(torch.from_numpy(ids), [dict(s) for s in record["segments_info"]])
-    else:
-        gt = vis.draw_dataset_dict(record)
+    else:  # semantic-only metadata: draw the label PNG
+        gt = vis.draw_dataset_dict({k: v for k, v in record.items() if k != "pan_seg_file_name"})
     panels = [_label(gt.get_image(), "ground truth")]
     if "panoptic_seg" in output:
         seg, info = output["panoptic_seg"]
