@@ -404,8 +404,8 @@ def bench_panoptic(root: str, split: str, repeats: int, seed: int) -> List[Dict]
             t_ours,
             t_tm,
             _max_diff(res, tm, ["PQ", "SQ", "RQ"]),
-            tol=1e-6,
-            note="crowd-free images; predictions without void",
+            tol=1e-4,  # torchmetrics accumulates in float32: ~1e-7 relative on ~50-point figures
+            note="crowd-free images; predictions without void; float32 peer",
         )
     )
     return rows
