@@ -43,7 +43,7 @@ test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 bench: data
-	$(PY) tools/benchmark.py --output benchmarks/out
+	$(PY) tools/benchmark.py all --output output/bench --iters 200 --ims-per-batch 4 --eval-images 20 --num-images 100 --size 256
 
 nuclei: setup
 	$(PY) tools/nuclei_example.py --output-dir output/nuclei
