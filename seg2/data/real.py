@@ -166,9 +166,28 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def _save_png(array: np.ndarray, path: str) -> None:
+def save_png_atomic(array: np.ndarray, path: str) -> None:
+    """Write through a temporary file, so a killed conversion never leaves half a PNG."""
     tmp = path + ".tmp.png"
     Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+
+
+def cache_is_current(manifest_path: str, manifest: Dict, files: List[str]) -> bool:
+    """True when every file exists and the stored manifest equals ``manifest``."""
+    if not (os.path.isfile(manifest_path) and all(os.path.isfile(p) for p in files)):
+        return False
+    with open(manifest_path) as f:
+        try:
+            return json.load(f) == manifest
+        except json.JSONDecodeError:
+            return False
+
+
+def save_json_atomic(obj, path: str, indent: Optional[int] = None) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
     os.replace(tmp, path)
 
 
@@ -266,13 +285,8 @@ def prepare_nuclei(cache_dir: Optional[str] = None, separate_touching: bool = Tr
     }
     manifest_path = os.path.join(root, "manifest.json")
     files = [p for s in NUCLEI_SPLITS for p in paths[s].values()]
-    if os.path.isfile(manifest_path) and all(os.path.isfile(p) for p in files):
-        with open(manifest_path) as f:
-            try:
-                if json.load(f) == manifest:
-                    return paths
-            except json.JSONDecodeError:
-                pass
+    if cache_is_current(manifest_path, manifest, files):
+        return paths
 
     logger.info(f"Converting stardist's nuclei image into {root}")
     for d in dirs.values():
@@ -289,9 +303,9 @@ def prepare_nuclei(cache_dir: Optional[str] = None, separate_touching: bool = Tr
             kept[separation_lines(inst)] = 0
         background_id = int(mask.max()) + 1
         pan = np.where(kept > 0, kept, background_id)
-        _save_png(np.repeat(gray[start:stop, :, None], 3, axis=2), p["image"])
-        _save_png((kept > 0).astype(np.uint8), p["sem_seg"])
-        _save_png(_id_to_rgb(pan), p["pan_seg"])
+        save_png_atomic(np.repeat(gray[start:stop, :, None], 3, axis=2), p["image"])
+        save_png_atomic((kept > 0).astype(np.uint8), p["sem_seg"])
+        save_png_atomic(_id_to_rgb(pan), p["pan_seg"])
         np.save(p["instances"], inst)
         h, w = inst.shape
         name = os.path.basename(p["image"])
@@ -307,14 +321,8 @@ def prepare_nuclei(cache_dir: Optional[str] = None, separate_touching: bool = Tr
             ],
             "categories": _CATEGORIES,
         }
-        tmp = p["panoptic_json"] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(panoptic, f)
-        os.replace(tmp, p["panoptic_json"])
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, manifest_path)
+        save_json_atomic(panoptic, p["panoptic_json"])
+    save_json_atomic(manifest, manifest_path, indent=2)
     return paths
 
 
