@@ -1,7 +1,11 @@
-"""Every YAML under configs/ merges onto Detectron2 + seg2 defaults."""
+"""Every YAML under configs/ merges onto Detectron2 + seg2 defaults, and every leaf config
+(the GPU-sized COCO/Cityscapes ones included) builds its model and predicts at input size."""
 import unittest
-from pathlib import Path
 
+import torch
+from detectron2.modeling import build_model
+
+import seg2.modeling  # noqa: F401  (registers seg2's heads and meta-architectures)
 from seg2.utils.testing import REPO_ROOT, get_seg2_cfg
 
 CONFIGS = sorted(p.relative_to(REPO_ROOT / "configs") for p in (REPO_ROOT / "configs").rglob("*.yaml"))
@@ -22,6 +26,34 @@ class TestConfigs(unittest.TestCase):
                     if line.startswith("_BASE_"):
                         base = (REPO_ROOT / "configs" / rel).parent / line.split(":", 1)[1].strip().strip("\"'")
                         self.assertTrue(base.resolve().is_relative_to(REPO_ROOT / "configs"), line)
+
+    def test_every_leaf_config_builds_and_predicts_at_input_size(self):
+        """One inference forward on an odd-sized image: catches a wrong head name, level or
+        class count in a config that is otherwise only trained on a GPU."""
+        torch.manual_seed(0)
+        h, w = 90, 122  # divisible by neither 32 nor the heads' strides
+        image = torch.randint(0, 256, (3, h, w)).float()
+        for rel in CONFIGS:
+            if rel.name.startswith("Base"):
+                continue
+            with self.subTest(config=str(rel)):
+                cfg = get_seg2_cfg(str(rel))
+                cfg.MODEL.DEVICE = "cpu"
+                model = build_model(cfg).eval()
+                with torch.no_grad():
+                    out = model([{"image": image, "height": h, "width": w}])[0]
+                if "sem_seg" in out:
+                    k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+                    self.assertEqual(tuple(out["sem_seg"].shape), (k, h, w))
+                if "instances" in out:
+                    self.assertEqual(out["instances"].image_size, (h, w))
+                if "panoptic_seg" in out:
+                    ids, segments = out["panoptic_seg"]
+                    self.assertEqual(tuple(ids.shape), (h, w))
+                    self.assertEqual(
+                        sorted(s["id"] for s in segments), sorted(set(ids.unique().tolist()) - {0})
+                    )
+                self.assertTrue({"sem_seg", "instances"} & set(out), f"outputs: {list(out)}")
 
     def test_from_scratch_configs_do_not_freeze_norm(self):
         for rel in CONFIGS:
