@@ -6,7 +6,7 @@ import torch
 from detectron2.modeling import build_model
 
 import seg2.modeling  # noqa: F401  (registers seg2's heads and meta-architectures)
-from seg2.utils.testing import REPO_ROOT, get_seg2_cfg
+from seg2_testing import REPO_ROOT, get_seg2_cfg
 
 CONFIGS = sorted(p.relative_to(REPO_ROOT / "configs") for p in (REPO_ROOT / "configs").rglob("*.yaml"))
 

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 from detectron2.utils.logger import setup_logger
 
 import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
-from seg2.benchmark.semantic_heads import DEFAULT_VARIANTS, VARIANTS, run_heads_benchmark
+from benchmarks.semantic_heads import DEFAULT_VARIANTS, VARIANTS, run_heads_benchmark
 
 
 def _add_heads_args(p: argparse.ArgumentParser) -> None:
@@ -88,7 +88,7 @@ def run_heads(args, output: str):
 
 
 def run_evaluators(args, output: str):
-    from seg2.benchmark.evaluators import format_benchmark_table, run_evaluator_benchmark
+    from benchmarks.evaluators import format_benchmark_table, run_evaluator_benchmark
 
     rows = run_evaluator_benchmark(
         data_dir=args.data_dir,

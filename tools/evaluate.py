@@ -24,7 +24,8 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seg2.evaluation.offline import format_results, write_json
+from seg2.evaluation.offline import format_results
+from seg2.io import write_json
 
 CITYSCAPES_KEYS = {
     "cityscapes-instance": ("instance", "cityscapes_instance"),
@@ -88,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
 
         return evaluate_coco_files(args.gt_json, args.pred_json, args.iou_types, args.backend)
     if args.command == "panoptic":
-        from seg2.evaluation.panoptic import pq_compute_files
+        from seg2.evaluation.pq import pq_compute_files
 
         res = pq_compute_files(
             args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, args.num_workers
@@ -116,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "panoptic":
-        from seg2.evaluation.panoptic import format_pq_table
+        from seg2.evaluation.pq import format_pq_table
 
         print(format_pq_table(results["panoptic_seg"]))
     else:

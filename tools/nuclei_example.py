@@ -13,7 +13,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
-from seg2.benchmark.nuclei import run_nuclei_example
+from benchmarks.nuclei import run_nuclei_example
 
 
 def main(argv=None):

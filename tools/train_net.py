@@ -47,7 +47,7 @@ def main(args):
     trainer = Seg2Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
-    results = getattr(trainer, "_last_eval_results", None)
+    results = trainer.eval_results
     finish(cfg, trainer.model, results)
     return results
 

@@ -4,6 +4,8 @@ from typing import List
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
+from ..capabilities import model_capabilities
+
 
 def build_augmentations(cfg: CfgNode, is_train: bool) -> List[T.Augmentation]:
     """Resize (+ crop + flip when training), from the core ``INPUT.*`` keys.
@@ -23,7 +25,7 @@ def build_augmentations(cfg: CfgNode, is_train: bool) -> List[T.Augmentation]:
         )
     ]
     if cfg.INPUT.CROP.ENABLED:
-        if cfg.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "Seg2SemanticSegmentor"):
+        if model_capabilities(cfg).category_area_crop:
             # Keeps a crop from being nearly all one class (Detectron2's DeepLab recipe).
             augs.append(
                 T.RandomCrop_CategoryAreaConstraint(

@@ -15,22 +15,15 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
-from PIL import Image, UnidentifiedImageError
-
+from ..capabilities import model_capabilities
+from ..io import InputError, read_image, read_label_png
+from ..structures.panoptic import rgb2id
 from .augmentations import build_augmentations
-from .datasets import DatasetFormatError, rgb_to_id
+from .targets import unet_weight_map
 
 __all__ = ["Seg2DatasetMapper"]
 
 logger = logging.getLogger(__name__)
-
-
-def _read(path: str, fmt: Optional[str]) -> np.ndarray:
-    """Read an image or label PNG; a missing or corrupt file raises an error naming it."""
-    try:
-        return utils.read_image(path, format=fmt)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise DatasetFormatError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from e
 
 
 class Seg2DatasetMapper:
@@ -87,7 +80,7 @@ class Seg2DatasetMapper:
             "is_train": is_train,
             "augmentations": build_augmentations(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "instances": cfg.MODEL.MASK_ON or cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN",
+            "instances": model_capabilities(cfg).instances,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
@@ -97,11 +90,12 @@ class Seg2DatasetMapper:
         }
 
     def _read_sem_seg(self, path: str) -> np.ndarray:
-        sem = _read(path, "L").squeeze(2) if path.endswith(".png") else np.load(path)
+        # Class ids, palette PNGs as their indices: the same reader as the evaluators'.
+        sem = np.load(path) if path.endswith(".npy") else read_label_png(path)
         if self.num_classes:
             bad = (sem >= self.num_classes) & (sem != self.ignore_label)
             if bad.any():
-                raise DatasetFormatError(
+                raise InputError(
                     f"{path}: label value(s) {sorted(np.unique(sem[bad]).tolist())[:5]} are >= "
                     f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={self.num_classes} and not the ignore "
                     f"label {self.ignore_label}"
@@ -110,13 +104,13 @@ class Seg2DatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = _read(d["file_name"], self.image_format)
+        image = read_image(d["file_name"], self.image_format)
         utils.check_image_size(d, image)
         sem = self._read_sem_seg(d["sem_seg_file_name"]) if "sem_seg_file_name" in d else None
         need_pan = self.is_train and "pan_seg_file_name" in d and (
             self.weight_map or (self.instances and "annotations" not in d)
         )
-        pan_rgb = _read(d["pan_seg_file_name"], "RGB") if need_pan else None
+        pan_rgb = read_image(d["pan_seg_file_name"], "RGB") if need_pan else None
 
         aug_input = T.AugInput(image, sem_seg=sem)
         transforms = self.augmentations(aug_input)
@@ -131,7 +125,7 @@ class Seg2DatasetMapper:
             d.pop("sem_seg_file_name", None)
             return d
 
-        pan_ids = rgb_to_id(transforms.apply_segmentation(pan_rgb)) if pan_rgb is not None else None
+        pan_ids = rgb2id(transforms.apply_segmentation(pan_rgb)) if pan_rgb is not None else None
         if self.instances:
             if "annotations" in d:
                 d["instances"] = self._instances_from_annotations(d.pop("annotations"), transforms, image_shape)
@@ -168,10 +162,8 @@ class Seg2DatasetMapper:
         return inst
 
     def _weight_map(self, d: Dict, pan_ids: Optional[np.ndarray], sem: Optional[np.ndarray]) -> torch.Tensor:
-        from ..modeling.losses import unet_weight_map
-
         if sem is None or pan_ids is None:
-            raise DatasetFormatError(
+            raise InputError(
                 f"{d['file_name']}: INPUT.SEG2.WEIGHT_MAP needs 'sem_seg_file_name' and "
                 "'pan_seg_file_name' (instances) in the dataset dict"
             )

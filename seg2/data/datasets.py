@@ -3,7 +3,6 @@
 Every loader validates its input up front, so a malformed file fails here with a message
 that names the file and the field instead of deep inside a training iteration.
 """
-import json
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
@@ -11,9 +10,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from PIL import Image
 
-from .synthetic_meta import CATEGORIES, IGNORE_LABEL, SPLITS
+from ..io import InputError, read_json, read_panoptic_png, write_png
+from .cityscapes import cityscapes_root, register_cityscapes
+from .synthetic.meta import CATEGORIES, IGNORE_LABEL, SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -28,29 +28,16 @@ __all__ = [
     "register_semantic",
     "register_synthetic",
     "register_from_config",
-    "rgb_to_id",
 ]
 
 
-class DatasetFormatError(ValueError):
-    """Raised for malformed dataset files; the message names the file and the field."""
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colour (H, W, 3) uint8 -> segment ids (H, W) int64: R + 256 G + 256^2 B."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+# One input-error type for the whole package (seg2.io.InputError); the old name stays.
+DatasetFormatError = InputError
 
 
 def load_json(path: str) -> Dict:
-    """Read a JSON file; a missing or malformed file raises DatasetFormatError naming it."""
-    if not os.path.isfile(path):
-        raise DatasetFormatError(f"{path}: file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}")
+    """Read a dataset JSON; a missing or malformed file raises InputError naming it."""
+    return read_json(path)
 
 
 def _require(obj: Dict, keys: Sequence[str], path: str, where: str) -> None:
@@ -160,13 +147,11 @@ def _separated_metadata(categories: List[Dict]) -> Dict:
 
 def _derive_semantic_png(pan_png: str, labels: Dict[int, int], out_png: str) -> None:
     """Semantic labels from a panoptic PNG (segment id -> label, 255 = void); written atomically."""
-    ids = rgb_to_id(np.asarray(Image.open(pan_png).convert("RGB")))
+    ids = read_panoptic_png(pan_png)
     sem = np.full(ids.shape, IGNORE_LABEL, dtype=np.uint8)
     for segment_id, label in labels.items():
         sem[ids == segment_id] = label
-    tmp = out_png + ".tmp.png"
-    Image.fromarray(sem).save(tmp)
-    os.replace(tmp, out_png)
+    write_png(sem, out_png)
 
 
 def load_coco_panoptic(
@@ -367,8 +352,6 @@ def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") ->
     ``$DETECTRON2_DATASETS/synthetic`` (``datasets/``). The Cityscapes-style copy is registered
     as ``{prefix}_cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
     """
-    from ..evaluation.cityscapes import register_cityscapes
-
     root = root or _synthetic_root()
     register_cityscapes(os.path.join(root, "cityscapes"), prefix=f"{prefix}_cityscapes")
     pan_meta = _panoptic_metadata(CATEGORIES)
@@ -408,8 +391,6 @@ def register_from_config(cfg) -> None:
     ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
     Already-registered names are skipped, so calling this twice (e.g. in each worker) is safe.
     """
-    from ..evaluation.cityscapes import cityscapes_root, register_cityscapes
-
     register_cityscapes(cityscapes_root(cfg))
 
     def entries(key: str, lengths: Sequence[int]):

@@ -35,11 +35,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 from scipy import ndimage
 
+from ..io import write_json, write_png
+from ..structures.panoptic import id2rgb
 from .datasets import DatasetFormatError, load_coco_panoptic
-from .synthetic_meta import IGNORE_LABEL
+from .synthetic.meta import IGNORE_LABEL
 
 __all__ = [
     "NUCLEI_CLASSES",
@@ -166,13 +167,6 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def save_png_atomic(array: np.ndarray, path: str) -> None:
-    """Write through a temporary file, so a killed conversion never leaves half a PNG."""
-    tmp = path + ".tmp.png"
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
-
-
 def cache_is_current(manifest_path: str, manifest: Dict, files: List[str]) -> bool:
     """True when every file exists and the stored manifest equals ``manifest``."""
     if not (os.path.isfile(manifest_path) and all(os.path.isfile(p) for p in files)):
@@ -182,19 +176,6 @@ def cache_is_current(manifest_path: str, manifest: Dict, files: List[str]) -> bo
             return json.load(f) == manifest
         except json.JSONDecodeError:
             return False
-
-
-def save_json_atomic(obj, path: str, indent: Optional[int] = None) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
-
-
-def _id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Segment ids (H, W) -> COCO panoptic colour (H, W, 3) uint8: R + 256 G + 256^2 B."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], axis=-1).astype(np.uint8)
 
 
 def _segments(pan: np.ndarray, background_id: int) -> List[Dict]:
@@ -303,9 +284,9 @@ def prepare_nuclei(cache_dir: Optional[str] = None, separate_touching: bool = Tr
             kept[separation_lines(inst)] = 0
         background_id = int(mask.max()) + 1
         pan = np.where(kept > 0, kept, background_id)
-        save_png_atomic(np.repeat(gray[start:stop, :, None], 3, axis=2), p["image"])
-        save_png_atomic((kept > 0).astype(np.uint8), p["sem_seg"])
-        save_png_atomic(_id_to_rgb(pan), p["pan_seg"])
+        write_png(np.repeat(gray[start:stop, :, None], 3, axis=2), p["image"])
+        write_png((kept > 0).astype(np.uint8), p["sem_seg"])
+        write_png(id2rgb(pan), p["pan_seg"])
         np.save(p["instances"], inst)
         h, w = inst.shape
         name = os.path.basename(p["image"])
@@ -321,8 +302,8 @@ def prepare_nuclei(cache_dir: Optional[str] = None, separate_touching: bool = Tr
             ],
             "categories": _CATEGORIES,
         }
-        save_json_atomic(panoptic, p["panoptic_json"])
-    save_json_atomic(manifest, manifest_path, indent=2)
+        write_json(panoptic, p["panoptic_json"], indent=None)
+    write_json(manifest, manifest_path, indent=2)
     return paths
 
 

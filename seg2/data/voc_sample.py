@@ -27,8 +27,9 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .datasets import DatasetFormatError, load_coco_instances, load_semantic
-from .real import cache_is_current, save_json_atomic, save_png_atomic
-from .synthetic_meta import IGNORE_LABEL
+from ..io import write_json, write_png
+from .real import cache_is_current
+from .synthetic.meta import IGNORE_LABEL
 
 __all__ = [
     "VOC_CLASSES",
@@ -140,10 +141,10 @@ def prepare_voc_sample(cache_dir: Optional[str] = None) -> Dict[str, str]:
         "annotations": _annotations(labels, masks),
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)],
     }
-    save_png_atomic(np.ascontiguousarray(rgb), paths["image"])
-    save_png_atomic(semantic, paths["sem_seg"])
-    save_json_atomic(coco, paths["json_file"])
-    save_json_atomic(manifest, manifest_path, indent=2)
+    write_png(np.ascontiguousarray(rgb), paths["image"])
+    write_png(semantic, paths["sem_seg"])
+    write_json(coco, paths["json_file"], indent=None)
+    write_json(manifest, manifest_path, indent=2)
     return paths
 
 

@@ -1,38 +1,35 @@
 """Checkpoints written atomically, so a run killed mid-save never leaves a torn file that
 ``--resume`` would then load."""
-import os
+from typing import Any
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from ..io import atomic_open
 
 __all__ = ["AtomicCheckpointer"]
 
 
+class _AtomicWrites:
+    """A path manager whose ``open`` for writing goes through a temporary file that replaces
+    the target only once it is complete; everything else is the wrapped manager's."""
+
+    def __init__(self, path_manager: Any):
+        self._inner = path_manager
+
+    def open(self, path: str, mode: str = "r", **kwargs):
+        if "w" in mode and "://" not in path:
+            return atomic_open(path, mode)
+        return self._inner.open(path, mode, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose ``save`` and ``last_checkpoint`` tag go through a temporary
-    file + ``os.replace`` (atomic on POSIX and Windows, within one filesystem)."""
+    """Detectron2's checkpointer whose writes (the ``.pth`` file and the ``last_checkpoint``
+    tag) go through a temporary file + ``os.replace`` (atomic on POSIX and Windows, within
+    one filesystem). Only the path manager is replaced; saving is Detectron2's own code."""
 
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {save_file}")
-        tmp = save_file + ".tmp"
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, save_file)
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tmp, path)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)

@@ -1,14 +1,13 @@
 """Seg2Trainer: Detectron2's DefaultTrainer with seg2's mapper, evaluators and checkpointer,
 and DistributedDataParallel that also works on CPU (gloo)."""
-import logging
-import weakref
+import contextlib
+from unittest import mock
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
-from detectron2.engine.train_loop import TrainerBase
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import Seg2DatasetMapper
@@ -29,27 +28,36 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 
 class Seg2Trainer(DefaultTrainer):
-    """DefaultTrainer overriding only what seg2 changes: data mapper, evaluators,
-    atomic checkpoints and CPU-capable DDP."""
+    """DefaultTrainer overriding only its public builders: data mapper, evaluators and
+    (in :meth:`build_hooks`, before the checkpoint hook takes it) an atomic checkpointer."""
 
     def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
+        # Detectron2 builds DDP with device_ids=[local_rank], which CPU modules reject, and
+        # offers no hook for it: only for several CPU processes is its helper swapped, for
+        # the constructor call alone (a rename upstream fails loudly here, not silently).
+        cpu_ddp = comm.get_world_size() > 1 and not cfg.MODEL.DEVICE.startswith("cuda")
+        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model) if cpu_ddp else (
+            contextlib.nullcontext()
+        ):
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        """Detectron2's hooks, with the atomic checkpointer and an evaluation hook that keeps
+        its results in :attr:`eval_results`."""
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
         )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self.eval_results = None
+        return [
+            hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+            if isinstance(h, hooks.EvalHook)
+            else h
+            for h in super().build_hooks()
+        ]
+
+    def _evaluate(self):
+        self.eval_results = self.test(self.cfg, self.model)
+        return self.eval_results
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -66,7 +74,7 @@ class Seg2Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """DefaultTrainer.test, but results are always keyed by dataset name (Detectron2
-        unwraps a single dataset), so metrics.json has one shape for one or many datasets."""
+        unwraps a single dataset), so the results file has one shape for one or many."""
         results = super().test(cfg, model, evaluators)
         if len(cfg.DATASETS.TEST) == 1 and results:
             results = {cfg.DATASETS.TEST[0]: results}

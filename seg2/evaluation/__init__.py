@@ -1,21 +1,26 @@
-"""Evaluators (Detectron2's DatasetEvaluator interface) and offline scoring of saved predictions."""
+"""Evaluation: pure scoring functions (``pq``, ``semantic``'s confusion matrix, ``coco``'s
+COCOeval wrapper, Cityscapes' official scripts) and thin Detectron2 ``DatasetEvaluator``
+classes over them; ``build_evaluators`` picks them from the dataset's ground truth and what
+the model declares it predicts. Offline scoring of saved files shares the same functions."""
+from ..io import InputError
 from .build import build_evaluators
 from .cityscapes import (
     Seg2CityscapesInstanceEvaluator,
     Seg2CityscapesPanopticEvaluator,
     Seg2CityscapesSemSegEvaluator,
     build_cityscapes_evaluator,
-    register_cityscapes,
 )
 from .coco import Seg2COCOEvaluator, evaluate_coco_files
 from .offline import EvaluationInputError
-from .panoptic import Seg2PanopticEvaluator, pq_compute_files
+from .panoptic import Seg2PanopticEvaluator
+from .pq import pq_compute_files
 from .semantic import ConfusionMatrix, Seg2SemSegEvaluator, evaluate_semantic_folders, semantic_metrics
 
 __all__ = [
     "build_evaluators",
     "ConfusionMatrix",
     "EvaluationInputError",
+    "InputError",
     "Seg2COCOEvaluator",
     "Seg2CityscapesInstanceEvaluator",
     "Seg2CityscapesPanopticEvaluator",
@@ -26,6 +31,5 @@ __all__ = [
     "evaluate_coco_files",
     "evaluate_semantic_folders",
     "pq_compute_files",
-    "register_cityscapes",
     "semantic_metrics",
 ]

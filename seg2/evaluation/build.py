@@ -1,5 +1,5 @@
 """Which evaluators run: the dataset's ``evaluator_type`` says what ground truth exists, the
-meta-architecture says what the model predicts; every task in both gets its evaluator."""
+meta-architecture declares what the model predicts (``seg2.capabilities``); every task in both gets its evaluator."""
 import os
 from typing import Callable, Dict, List, Optional, Set
 
@@ -7,26 +7,13 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 
+from ..capabilities import model_capabilities
+
 __all__ = ["build_evaluators", "model_tasks", "dataset_tasks"]
 
-# What each meta-architecture's outputs contain (Detectron2's output keys).
-_MODEL_TASKS: Dict[str, Set[str]] = {
-    "GeneralizedRCNN": {"instances"},
-    "SemanticSegmentor": {"sem_seg"},
-    "Seg2SemanticSegmentor": {"sem_seg"},
-    "SlidingWindowSegmentor": {"sem_seg"},
-    # PanopticFPN's sem_seg merges all things into one class, so it is not scored as sem_seg.
-    "PanopticFPN": {"instances", "panoptic_seg"},
-    "Seg2PanopticRCNN": {"instances", "sem_seg", "panoptic_seg"},
-}
-
-
 def model_tasks(cfg: CfgNode) -> Set[str]:
-    """Output keys the configured model produces."""
-    tasks = set(_MODEL_TASKS.get(cfg.MODEL.META_ARCHITECTURE, {"instances", "sem_seg", "panoptic_seg"}))
-    if "instances" in tasks and not cfg.MODEL.MASK_ON and cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
-        tasks = {"boxes"}
-    return tasks
+    """Output keys the configured model declares (``seg2.capabilities``)."""
+    return set(model_capabilities(cfg).outputs)
 
 
 def _coco(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:

@@ -15,17 +15,21 @@ metrics are in percent with per-category ``AP-<name>``.
 import contextlib
 import io
 import itertools
-import json
 import logging
 import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from detectron2.evaluation import COCOEvaluator
-from detectron2.utils.file_io import PathManager
+import torch
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
 
-from .offline import EvaluationInputError, read_json
+from ..io import InputError, atomic_open, read_json, write_json
+from ..structures.panoptic import invert_id_map
+
+# Kept as a name for callers of the old module.
+EvaluationInputError = InputError
 
 __all__ = [
     "default_backend",
@@ -279,13 +283,15 @@ def evaluate_coco_files(
     return evaluate_coco_results(load_coco_gt(gt, backend), results, iou_types, backend=backend)
 
 
-class Seg2COCOEvaluator(COCOEvaluator):
-    """Detectron2's ``COCOEvaluator`` computing exact AP with faster-coco-eval.
+class Seg2COCOEvaluator(DatasetEvaluator):
+    """COCO box and mask AP of a model's ``instances``, computed exactly by
+    :func:`evaluate_coco_results` (faster-coco-eval, or pycocotools).
 
     Same constructor, outputs (``coco_instances_results.json`` with the dataset's original
-    category ids, ``instances_predictions.pth``) and result keys; ``use_fast_impl`` selects
-    faster-coco-eval instead of Detectron2's compiled ``COCOeval_opt``, and falls back to
-    pycocotools when faster-coco-eval is missing. Keypoints go to Detectron2's own path.
+    category ids, ``instances_predictions.pth``) and result keys as Detectron2's
+    ``COCOEvaluator``, built on Detectron2's public pieces (``instances_to_coco_json``,
+    ``convert_to_coco_json``) instead of its private evaluation method. Every rank must call
+    :meth:`evaluate` (it gathers); results come on the main process only.
     """
 
     def __init__(
@@ -297,72 +303,99 @@ class Seg2COCOEvaluator(COCOEvaluator):
         *,
         max_dets_per_image: Optional[int] = None,
         use_fast_impl: bool = True,
-        kpt_oks_sigmas: Sequence[float] = (),
-        allow_cached_coco: bool = True,
+        **_ignored,
     ):
-        """Args: as Detectron2's ``COCOEvaluator``."""
-        super().__init__(
-            dataset_name,
-            tasks=tasks,
-            distributed=distributed,
-            output_dir=output_dir,
-            max_dets_per_image=max_dets_per_image,
-            use_fast_impl=False,  # never Detectron2's COCOeval_opt: it needs detectron2._C
-            kpt_oks_sigmas=kpt_oks_sigmas,
-            allow_cached_coco=allow_cached_coco,
-        )
+        """
+        Args:
+            dataset_name: a registered dataset; its metadata's ``json_file`` is the ground
+                truth (written from the dataset dicts when missing, as Detectron2 does).
+            tasks: ("bbox",), ("segm",) or both; default: what the predictions carry.
+            distributed: gather predictions from all ranks before scoring.
+            output_dir: where the results JSON and predictions are written.
+            max_dets_per_image: COCOeval's largest ``maxDets`` (default 100).
+            use_fast_impl: faster-coco-eval when installed (exact); False = pycocotools.
+        """
+        from detectron2.data import MetadataCatalog
+
+        self._dataset_name = dataset_name
+        self._metadata = MetadataCatalog.get(dataset_name)
+        self._tasks = tuple(tasks) if tasks else None
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._max_dets = None if max_dets_per_image is None else [1, 10, max_dets_per_image]
         self._backend = default_backend() if use_fast_impl else "pycocotools"
-        self._seg2_gt = None
+        self._coco_gt = None
+        self._predictions: List[Dict] = []
 
-    def _eval_predictions(self, predictions, img_ids=None):
-        """Unmap category ids, write ``coco_instances_results.json``, evaluate."""
-        coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
-        tasks = self._tasks or self._tasks_from_predictions(coco_results)
-        if "keypoints" in tasks:
-            return super()._eval_predictions(predictions, img_ids=img_ids)
+    def reset(self) -> None:
+        self._predictions = []
 
-        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
-            mapping = self._metadata.thing_dataset_id_to_contiguous_id
-            reverse = {v: k for k, v in mapping.items()}
-            for result in coco_results:
-                if result["category_id"] not in reverse:
+    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
+        from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+        for inp, out in zip(inputs, outputs):
+            if "instances" in out:
+                inst = out["instances"].to("cpu")
+                self._predictions.append(
+                    {"image_id": inp["image_id"], "instances": instances_to_coco_json(inst, inp["image_id"])}
+                )
+
+    def _ground_truth(self):
+        if self._coco_gt is None:
+            json_file = self._metadata.get("json_file", None)
+            if not json_file or not os.path.isfile(json_file):
+                from detectron2.data.datasets.coco import convert_to_coco_json
+
+                json_file = os.path.join(self._output_dir or ".", f"{self._dataset_name}_coco_format.json")
+                convert_to_coco_json(self._dataset_name, json_file)
+            self._coco_gt = load_coco_gt(read_json(json_file, "COCO ground-truth"), self._backend)
+        return self._coco_gt
+
+    def evaluate(self, img_ids: Optional[Sequence[int]] = None):
+        if self._distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            if not comm.is_main_process():
+                return None
+        else:
+            predictions = self._predictions
+        if not predictions:
+            logger.warning(f"[Seg2COCOEvaluator] no predictions for '{self._dataset_name}'")
+            return OrderedDict()
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            with atomic_open(os.path.join(self._output_dir, "instances_predictions.pth"), "wb") as f:
+                torch.save(predictions, f)
+
+        results = list(itertools.chain(*[p["instances"] for p in predictions]))
+        reverse = invert_id_map(self._metadata.get("thing_dataset_id_to_contiguous_id", None))
+        if reverse:
+            for r in results:
+                if r["category_id"] not in reverse:
                     raise ValueError(
-                        f"A prediction has class {result['category_id']}, but dataset "
+                        f"A prediction has class {r['category_id']}, but dataset "
                         f"classes are 0..{len(reverse) - 1}"
                     )
-                result["category_id"] = reverse[result["category_id"]]
-
+                r["category_id"] = reverse[r["category_id"]]
         if self._output_dir:
             path = os.path.join(self._output_dir, "coco_instances_results.json")
-            self._logger.info(f"Saving results to {path}")
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(path, "w") as f:
-                f.write(json.dumps(coco_results))
+            logger.info(f"Saving results to {path}")
+            write_json(results, path, indent=None)
 
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
-            return
-
-        if self._seg2_gt is None:
-            self._seg2_gt = (
-                self._coco_api
-                if self._backend == "pycocotools"
-                else load_coco_gt(self._coco_api.dataset, self._backend)
-            )
-        self._logger.info(f"Evaluating predictions with {self._backend} (exact COCO AP) ...")
-        class_names = self._metadata.get("thing_classes")
+        tasks = self._tasks or (("bbox", "segm") if any("segmentation" in r for r in results) else ("bbox",))
+        logger.info(f"Evaluating predictions with {self._backend} (exact COCO AP) ...")
         per_task = evaluate_coco_results(
-            self._seg2_gt,
-            coco_results,
+            self._ground_truth(),
+            results,
             tasks,
-            class_names=class_names,
+            class_names=self._metadata.get("thing_classes", None),
             backend=self._backend,
-            max_dets_per_image=self._max_dets_per_image,
+            max_dets_per_image=self._max_dets,
             img_ids=img_ids,
         )
         for task, res in per_task.items():
-            self._logger.info(
+            logger.info(
                 f"Evaluation results for {task}: "
                 + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if k in _METRICS)
             )
-            self._results[task] = res
+        return per_task

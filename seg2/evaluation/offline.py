@@ -1,19 +1,19 @@
-"""Loading and validating predictions saved on disk, for evaluation without a model.
+"""Matching and checking predictions saved on disk, for evaluation without a model.
 
-Every check raises :class:`EvaluationInputError` with a message that names the offending
-file (and the field or id), so ``tools/evaluate.py`` can print one line instead of a
-traceback from deep inside numpy, pycocotools or cityscapesscripts.
+Files are read through :mod:`seg2.io`; every check raises :class:`~seg2.io.InputError`
+(``EvaluationInputError`` is the same class) with a message that names the offending file
+(and the field or id), so ``tools/evaluate.py`` can print one line instead of a traceback
+from deep inside numpy, pycocotools or cityscapesscripts.
 """
 
-import contextlib
-import io
-import json
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+
+from ..io import InputError, open_image, read_json, read_label_png, write_json
+from ..utils.official import run_official
 
 __all__ = [
     "EvaluationInputError",
@@ -30,66 +30,22 @@ __all__ = [
 ]
 
 
-class EvaluationInputError(ValueError):
-    """Bad evaluation input; the message names the file and, where known, the field or id."""
-
-
-def read_json(path: str, what: str = "JSON") -> Any:
-    """Parse a JSON file; a missing or malformed file raises EvaluationInputError naming it."""
-    if not os.path.isfile(path):
-        raise EvaluationInputError(f"{path}: {what} file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise EvaluationInputError(
-            f"{path}: malformed {what} at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise EvaluationInputError(f"{path}: {what} is not UTF-8 text ({e.reason})") from None
-
-
-def _open_png(path: str, what: str) -> Image.Image:
-    if not os.path.isfile(path):
-        raise EvaluationInputError(f"{path}: {what} PNG not found")
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
-        raise EvaluationInputError(
-            f"{path}: unreadable {what} PNG ({type(e).__name__}: {e})"
-        ) from None
-    return img
-
-
-def read_label_png(path: str, what: str = "label") -> np.ndarray:
-    """A single-channel label PNG (8- or 16-bit) as an (H, W) integer array.
-
-    Palette PNGs give their indices, which is how label maps are usually stored.
-    """
-    img = _open_png(path, what)
-    if img.mode not in ("L", "P", "I;16", "I", "1"):
-        raise EvaluationInputError(
-            f"{path}: {what} PNG must have one channel of class ids, got mode {img.mode!r}"
-        )
-    arr = np.asarray(img)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    return arr
+# One input-error type for the whole package; the old name stays importable.
+EvaluationInputError = InputError
 
 
 def read_rgb_png(path: str, what: str = "panoptic") -> np.ndarray:
-    """An RGB PNG as an (H, W, 3) uint8 array (COCO panoptic id encoding)."""
-    img = _open_png(path, what)
+    """An RGB PNG as an (H, W, 3) uint8 array (Cityscapes' panoptic colours)."""
+    img = open_image(path, f"{what} PNG")
     if img.mode != "RGB":
-        raise EvaluationInputError(f"{path}: {what} PNG must be RGB, got mode {img.mode!r}")
+        raise InputError(f"{path}: {what} PNG must be RGB, got mode {img.mode!r}")
     return np.asarray(img)
 
 
 def list_pngs(folder: str, what: str) -> List[str]:
     """Relative paths of every ``*.png`` under ``folder`` (recursive, sorted)."""
     if not os.path.isdir(folder):
-        raise EvaluationInputError(f"{folder}: {what} folder not found")
+        raise InputError(f"{folder}: {what} folder not found")
     found = []
     for root, _, files in os.walk(folder):
         for f in files:
@@ -97,7 +53,7 @@ def list_pngs(folder: str, what: str) -> List[str]:
                 found.append(os.path.relpath(os.path.join(root, f), folder))
     found.sort()
     if not found:
-        raise EvaluationInputError(f"{folder}: no {what} PNGs found")
+        raise InputError(f"{folder}: no {what} PNGs found")
     return found
 
 
@@ -110,12 +66,12 @@ def match_by_name(gt_dir: str, pred_dir: str) -> List[Tuple[str, str]]:
     """
     gt_files = list_pngs(gt_dir, "ground-truth")
     if not os.path.isdir(pred_dir):
-        raise EvaluationInputError(f"{pred_dir}: prediction folder not found")
+        raise InputError(f"{pred_dir}: prediction folder not found")
     pairs = []
     for rel in gt_files:
         pred = os.path.join(pred_dir, rel)
         if not os.path.isfile(pred):
-            raise EvaluationInputError(
+            raise InputError(
                 f"{os.path.join(gt_dir, rel)}: no prediction for this ground truth (expected {pred})"
             )
         pairs.append((os.path.join(gt_dir, rel), pred))
@@ -138,45 +94,17 @@ def check_label_values(
         allowed = f"0..{num_classes - 1}" + (
             f" or {ignore_label}" if ignore_label is not None else ""
         )
-        raise EvaluationInputError(
+        raise InputError(
             f"{path}: {what} value(s) {bad[:10]} outside the class range {allowed}"
         )
 
 
-def run_official(fn: Callable, *args, source: str = "", **kwargs):
-    """Call an official evaluation script function quietly.
-
-    cityscapesscripts print progress to stdout and report bad input with ``sys.exit``;
-    both are captured here, and an exit becomes EvaluationInputError with the script's
-    message (which names the file), prefixed by ``source``.
-    """
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            return fn(*args, **kwargs)
-    except SystemExit:
-        errors = [line for line in out.getvalue().splitlines() if "ERROR" in line]
-        message = errors[-1].replace("ERROR: ", "") if errors else out.getvalue()[-500:]
-        raise EvaluationInputError(f"{source}: {message}" if source else message) from None
-
-
 def pair_error(gt_path: str, pred_path: str, gt_shape: Sequence[int], pred_shape: Sequence[int]):
     """The size-mismatch error, naming the prediction file."""
-    return EvaluationInputError(
+    return InputError(
         f"{pred_path}: prediction is {tuple(pred_shape)} (H, W) but its ground truth "
         f"{gt_path} is {tuple(gt_shape)}"
     )
-
-
-def write_json(results: Dict, path: str) -> str:
-    """Write metrics as indented JSON atomically (same layout as ``tools/train_net.py``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    os.replace(tmp, path)
-    return path
 
 
 def format_results(results: Mapping[str, Mapping[str, float]]) -> str:

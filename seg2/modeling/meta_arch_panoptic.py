@@ -1,6 +1,5 @@
 """Seg2PanopticRCNN: Mask R-CNN plus a semantic branch, fused into panoptic segmentation."""
 
-import inspect
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -8,10 +7,12 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_sem_seg_head
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..capabilities import ModelCapabilities
+from .batching import batch_sem_seg_targets, takes_pixel_weights
 from .fusion import build_fusion
 
 __all__ = ["Seg2PanopticRCNN"]
@@ -29,6 +30,13 @@ class Seg2PanopticRCNN(GeneralizedRCNN):
     probabilities of thing classes against the instances, and the fusion is a separate,
     swappable object (``model.fusion = build_fusion(cfg, "ProbabilisticFusion")``).
     """
+
+    seg2_capabilities = ModelCapabilities(
+        frozenset({"instances", "sem_seg", "panoptic_seg"}),
+        instances=True,
+        sem_seg=True,
+        pixel_weights=True,
+    )
 
     @configurable
     def __init__(
@@ -66,9 +74,7 @@ class Seg2PanopticRCNN(GeneralizedRCNN):
         self.instance_loss_weight = instance_loss_weight
         self.sem_seg_ignore_value = sem_seg_ignore_value
         # Pixel weights (e.g. the U-Net border map) only go to heads that take them.
-        self._head_takes_weights = (
-            "weights" in inspect.signature(self.sem_seg_head.forward).parameters
-        )
+        self._head_takes_weights = takes_pixel_weights(self.sem_seg_head)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -142,11 +148,10 @@ class Seg2PanopticRCNN(GeneralizedRCNN):
         if batched_inputs is None:
             return self.sem_seg_head(features, None)
         pad = (self.backbone.size_divisibility, self.backbone.padding_constraints)
-        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-        targets = ImageList.from_tensors(targets, pad[0], self.sem_seg_ignore_value, pad[1]).tensor
-        if self._head_takes_weights and "sem_seg_weights" in batched_inputs[0]:
-            weights = [x["sem_seg_weights"].to(self.device) for x in batched_inputs]
-            weights = ImageList.from_tensors(weights, pad[0], 0.0, pad[1]).tensor
+        targets, weights = batch_sem_seg_targets(
+            batched_inputs, self.device, *pad, self.sem_seg_ignore_value, self._head_takes_weights
+        )
+        if weights is not None:
             return self.sem_seg_head(features, targets, weights=weights)
         return self.sem_seg_head(features, targets)
 

@@ -1,6 +1,5 @@
 """Seg2SemanticSegmentor: Detectron2's SemanticSegmentor plus per-pixel loss weights."""
 
-import inspect
 from typing import Dict, List, Union
 
 import torch
@@ -8,6 +7,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
+
+from ..capabilities import ModelCapabilities
+from .batching import batch_sem_seg_targets, takes_pixel_weights
 
 __all__ = ["Seg2SemanticSegmentor"]
 
@@ -17,9 +19,12 @@ class Seg2SemanticSegmentor(SemanticSegmentor):
     """
     Backbone + semantic head, as :class:`SemanticSegmentor`, that also hands the head the
     dataset mapper's ``sem_seg_weights`` (U-Net's weight map, ``INPUT.SEG2.WEIGHT_MAP``),
-    padded like ``sem_seg`` (with weight 0). Without weights in the inputs, or with a head
-    whose ``forward`` takes no ``weights``, it behaves exactly like ``SemanticSegmentor``.
+    padded like ``sem_seg`` (with weight 0). Detectron2's own heads get no weights.
     """
+
+    seg2_capabilities = ModelCapabilities(
+        frozenset({"sem_seg"}), sem_seg=True, category_area_crop=True, pixel_weights=True
+    )
 
     @configurable
     def __init__(self, **kwargs):
@@ -29,9 +34,7 @@ class Seg2SemanticSegmentor(SemanticSegmentor):
                 ``sem_seg_head``, ``pixel_mean``, ``pixel_std``).
         """
         super().__init__(**kwargs)
-        self._head_takes_weights = (
-            "weights" in inspect.signature(self.sem_seg_head.forward).parameters
-        )
+        self._head_takes_weights = takes_pixel_weights(self.sem_seg_head)
 
     def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Dict]]:
         """
@@ -47,30 +50,19 @@ class Seg2SemanticSegmentor(SemanticSegmentor):
             In training, the head's losses. In inference, one ``{"sem_seg": (K, height,
             width) logits}`` per image.
         """
-        if not (self._head_takes_weights and "sem_seg_weights" in batched_inputs[0]):
-            return super().forward(batched_inputs)
-
         images = [x["image"].to(self.device) for x in batched_inputs]
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
         pad = (self.backbone.size_divisibility, self.backbone.padding_constraints)
         images = ImageList.from_tensors(images, pad[0], padding_constraints=pad[1])
         features = self.backbone(images.tensor)
 
-        targets = None
-        if "sem_seg" in batched_inputs[0]:
-            targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-            targets = ImageList.from_tensors(
-                targets, pad[0], self.sem_seg_head.ignore_value, pad[1]
-            ).tensor
-        weights = [x["sem_seg_weights"].to(self.device) for x in batched_inputs]
-        for w, t in zip(weights, batched_inputs):
-            if "sem_seg" in t and w.shape != t["sem_seg"].shape:
-                raise ValueError(
-                    f"{t.get('file_name', 'input')}: 'sem_seg_weights' shape "
-                    f"{tuple(w.shape)} != 'sem_seg' shape {tuple(t['sem_seg'].shape)}"
-                )
-        weights = ImageList.from_tensors(weights, pad[0], 0.0, pad[1]).tensor
-        results, losses = self.sem_seg_head(features, targets, weights=weights)
+        targets, weights = batch_sem_seg_targets(
+            batched_inputs, self.device, *pad, self.sem_seg_head.ignore_value, self._head_takes_weights
+        )
+        if weights is not None:
+            results, losses = self.sem_seg_head(features, targets, weights=weights)
+        else:
+            results, losses = self.sem_seg_head(features, targets)
 
         if self.training:
             return losses

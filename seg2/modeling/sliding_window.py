@@ -15,6 +15,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch import nn
 from torch.nn import functional as F
 
+from ..capabilities import ModelCapabilities
 from .backbone.unet import mirror_pad
 from .losses import SemSegLoss
 
@@ -132,6 +133,10 @@ class SlidingWindowSegmentor(nn.Module):
     size like :class:`~detectron2.modeling.SemanticSegmentor`, so the same evaluators apply.
     Images are mirror-padded, so border pixels see a reflected context.
     """
+
+    seg2_capabilities = ModelCapabilities(
+        frozenset({"sem_seg"}), sem_seg=True, category_area_crop=True, pixel_weights=True
+    )
 
     @configurable
     def __init__(

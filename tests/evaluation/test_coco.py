@@ -25,7 +25,7 @@ from seg2.evaluation.coco import (
     load_coco_gt,
 )
 from seg2.evaluation.offline import EvaluationInputError
-from seg2.utils.testing import tiny_synthetic_root
+from seg2_testing import tiny_synthetic_root
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 CATS = [{"id": 5, "name": "cat5"}, {"id": 9, "name": "cat9"}, {"id": 17, "name": "cat17"}]

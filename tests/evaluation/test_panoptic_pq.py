@@ -16,11 +16,11 @@ import torch
 from detectron2.data import MetadataCatalog
 from PIL import Image
 
-from seg2.evaluation.panoptic import (
+from seg2.evaluation.panoptic import Seg2PanopticEvaluator
+from seg2.evaluation.pq import (
     PanopticInputError,
     PQStat,
     PQStatCat,
-    Seg2PanopticEvaluator,
     format_pq_table,
     pq_average,
     pq_compute_files,

@@ -14,7 +14,7 @@ from seg2.modeling.losses import (
     unet_weight_map,
     unet_weight_map_from_semantic,
 )
-from seg2.utils.testing import get_seg2_cfg
+from seg2_testing import get_seg2_cfg
 
 L3 = math.log(3.0)
 

@@ -157,6 +157,7 @@ class TestSeg2PanopticRCNNTraining(unittest.TestCase):
             """Records its inputs; returns a loss so the step completes."""
 
             ignore_value = 255
+            takes_pixel_weights = True
 
             def __init__(self):
                 super().__init__()

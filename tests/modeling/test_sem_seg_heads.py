@@ -8,10 +8,10 @@ from detectron2.modeling import build_model
 import seg2.modeling.backbone  # noqa: F401  (registers build_unet_backbone)
 import seg2.modeling.meta_arch_semantic  # noqa: F401  (registers Seg2SemanticSegmentor)
 import seg2.modeling.sem_seg  # noqa: F401  (registers the heads)
-from seg2.data.synthetic_meta import CATEGORIES
+from seg2.data.synthetic.meta import CATEGORIES
 from seg2.modeling.backbone.unet import UNetEncoder
 from seg2.modeling.upsample import MaxPoolWithSwitches, MaxUnpoolUpsample
-from seg2.utils.testing import get_seg2_cfg
+from seg2_testing import get_seg2_cfg
 
 K = len(CATEGORIES)
 _THREADS = torch.get_num_threads()

@@ -13,7 +13,7 @@ from seg2.modeling.sliding_window import (
     extract_windows,
     pad_for_windows,
 )
-from seg2.utils.testing import get_seg2_cfg
+from seg2_testing import get_seg2_cfg
 
 K = 7
 

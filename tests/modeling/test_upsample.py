@@ -16,7 +16,7 @@ from seg2.modeling.upsample import (
     build_upsample,
     transposed_output_padding,
 )
-from seg2.utils.testing import get_seg2_cfg
+from seg2_testing import get_seg2_cfg
 
 
 def _t(rows):

@@ -17,7 +17,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from seg2.utils.testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import REPO_ROOT, tiny_synthetic_root
 
 
 def _load_cli():

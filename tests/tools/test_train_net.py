@@ -7,7 +7,7 @@ import sys
 import tempfile
 import unittest
 
-from seg2.utils.testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import REPO_ROOT, tiny_synthetic_root
 
 CFG = "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml"
 SMALL = [

@@ -104,6 +104,9 @@ class BaseSemSegHead(nn.Module):
             )
         return {n: input_shape[n] for n in names}
 
+    # Every seg2 head's forward takes per-pixel loss weights (read by the meta-architectures).
+    takes_pixel_weights: bool = True
+
     # Whether the head can undo the classic encoder's crop-mode mirror padding.
     supports_overlap_tile: bool = False
 

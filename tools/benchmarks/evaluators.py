@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seg2.io import read_panoptic_png
+from seg2.structures.panoptic import id2rgb
+
 __all__ = ["run_evaluator_benchmark", "format_benchmark_table"]
 
 logger = logging.getLogger(__name__)
@@ -80,11 +83,11 @@ def _row(name, seg2, peer, n, t_seg2, t_peer, diff, tol=_TOL, note="") -> Dict:
 def _prepare_data(data_dir: Optional[str], num_images: int, size: int, seed: int) -> str:
     if data_dir:
         return data_dir
-    from ..utils.testing import load_prepare_synthetic
+    from seg2.data.synthetic import generate
 
     root = os.path.join(tempfile.mkdtemp(prefix="seg2-bench-"), "synthetic")
     with contextlib.redirect_stdout(io.StringIO()):
-        load_prepare_synthetic().generate(
+        generate(
             root, seed=seed, num_train=0, num_val=num_images, size=size
         )
     return root
@@ -97,8 +100,8 @@ def bench_semantic(root: str, split: str, repeats: int, seed: int) -> Dict:
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.evaluation import SemSegEvaluator
 
-    from ..data.synthetic_meta import CATEGORIES, IGNORE_LABEL
-    from ..evaluation.semantic import Seg2SemSegEvaluator
+    from seg2.data.synthetic.meta import CATEGORIES, IGNORE_LABEL
+    from seg2.evaluation.semantic import Seg2SemSegEvaluator
 
     sem_dir = os.path.join(root, f"semantic_{split}")
     files = sorted(f for f in os.listdir(sem_dir) if f.endswith(".png"))
@@ -207,7 +210,7 @@ def _pycocotools_files(gt_json: str, res_json: str) -> Dict[str, Dict[str, float
 
 
 def bench_coco(root: str, split: str, repeats: int, seed: int) -> Dict:
-    from ..evaluation.coco import default_backend, evaluate_coco_files
+    from seg2.evaluation.coco import default_backend, evaluate_coco_files
 
     gt_json = os.path.join(root, "annotations", f"instances_{split}.json")
     res_json = os.path.join(tempfile.mkdtemp(prefix="seg2-bench-coco-"), "results.json")
@@ -233,8 +236,7 @@ def bench_coco(root: str, split: str, repeats: int, seed: int) -> Dict:
 
 
 def _ids(path: str) -> np.ndarray:
-    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    return read_panoptic_png(path)
 
 
 def _perturbed_panoptic(gt_json: str, gt_dir: str, out_dir: str, seed: int) -> Tuple[str, str]:
@@ -271,8 +273,7 @@ def _perturbed_panoptic(gt_json: str, gt_dir: str, out_dir: str, seed: int) -> T
         keep = [
             {"id": s["id"], "category_id": s["category_id"]} for s in keep if s["id"] in present
         ]
-        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-        Image.fromarray(rgb).save(os.path.join(pred_dir, ann["file_name"]))
+        Image.fromarray(id2rgb(ids)).save(os.path.join(pred_dir, ann["file_name"]))
         annotations.append(
             {"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": keep}
         )
@@ -337,14 +338,14 @@ def _torchmetrics_pq(gt_json, gt_dir, pred_json, pred_dir, image_ids) -> Dict[st
 
 def bench_panoptic(root: str, split: str, repeats: int, seed: int) -> List[Dict]:
     try:
-        from ..evaluation.panoptic import pq_compute_files
+        from seg2.evaluation.pq import pq_compute_files
     except ImportError as e:
         return [
             _skip(
                 "panoptic PQ",
                 "pq_compute_files",
                 "panopticapi algorithm",
-                f"seg2.evaluation.panoptic: {e}",
+                f"seg2.evaluation.pq: {e}",
             )
         ]
     gt_json = os.path.join(root, "annotations", f"panoptic_{split}.json")

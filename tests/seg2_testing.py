@@ -1,26 +1,22 @@
-"""Helpers for tests and benchmarks: a tiny synthetic dataset and small CPU configs."""
+"""Test helpers (not part of the installed library): a tiny synthetic dataset and configs
+from this checkout's ``configs/``. Tests import it as ``seg2_testing`` (pytest puts
+``tests/`` on ``sys.path``); ``tools/benchmarks`` are importable as ``benchmarks``."""
 import functools
-import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_seg2_config
+from seg2.config import add_seg2_config
+from seg2.data.synthetic import generate
 
-__all__ = ["REPO_ROOT", "load_prepare_synthetic", "tiny_synthetic_root", "get_seg2_cfg"]
+__all__ = ["REPO_ROOT", "tiny_synthetic_root", "get_seg2_cfg"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_prepare_synthetic():
-    """Import ``datasets/prepare_synthetic.py`` (a script, not a package module)."""
-    path = REPO_ROOT / "datasets" / "prepare_synthetic.py"
-    spec = importlib.util.spec_from_file_location("prepare_synthetic", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,7 +24,7 @@ def tiny_synthetic_root(num_train: int = 8, num_val: int = 4, seed: int = 0) -> 
     """Generate (once per process and arguments) a small synthetic dataset; returns the
     folder laid out like ``datasets/synthetic`` (it holds ``images/``, ``annotations/``...)."""
     root = os.path.join(tempfile.mkdtemp(prefix="seg2-synth-"), "synthetic")
-    load_prepare_synthetic().generate(root, seed=seed, num_train=num_train, num_val=num_val)
+    generate(root, seed=seed, num_train=num_train, num_val=num_val)
     return root
 
 

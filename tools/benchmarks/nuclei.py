@@ -29,10 +29,10 @@ from detectron2.utils.env import seed_all_rng
 from PIL import Image
 from scipy import ndimage
 
-from ..data.real import register_nuclei, touching_instances
-from ..engine import Seg2Trainer
-from ..evaluation.build import build_evaluators
-from ..utils.testing import get_seg2_cfg
+from seg2.data.real import register_nuclei, touching_instances
+from seg2.engine import Seg2Trainer
+from seg2.evaluation.build import build_evaluators
+from .common import get_seg2_cfg
 
 __all__ = [
     "VARIANTS",

@@ -236,8 +236,8 @@ def touching_separation(
 
 def _register_data(data_root: Optional[str]) -> str:
     """Register the synthetic splits (prefix returned); idempotent."""
-    from ..data.datasets import register_synthetic
-    from ..utils.testing import REPO_ROOT
+    from seg2.data.datasets import register_synthetic
+    from .common import REPO_ROOT
 
     if data_root is None:
         base = os.getenv("DETECTRON2_DATASETS", str(REPO_ROOT / "datasets"))
@@ -281,7 +281,7 @@ def benchmark_cfg(
     Returns:
         a frozen config.
     """
-    from ..utils.testing import get_seg2_cfg
+    from .common import get_seg2_cfg
 
     if variant not in VARIANTS:
         raise KeyError(f"unknown benchmark variant {variant!r}; choose from {list(VARIANTS)}")
@@ -365,11 +365,11 @@ def run_variant(
     Returns:
         one result row (dict), also written to ``output_dir/<variant>/result.json``.
     """
-    from ..data.dataset_mapper import Seg2DatasetMapper
-    from ..data.datasets import rgb_to_id
-    from ..engine.trainer import Seg2Trainer
-    from ..evaluation.semantic import Seg2SemSegEvaluator
-    from ..modeling import sliding_window  # noqa: F401  (registers SlidingWindowSegmentor)
+    from seg2.data.dataset_mapper import Seg2DatasetMapper
+    from seg2.io import read_panoptic_png
+    from seg2.engine.trainer import Seg2Trainer
+    from seg2.evaluation.semantic import Seg2SemSegEvaluator
+    from seg2.modeling import sliding_window  # noqa: F401  (registers SlidingWindowSegmentor)
 
     torch.set_num_threads(2)
     prefix = _register_data(data_root)
@@ -418,7 +418,7 @@ def run_variant(
                 pred = output["sem_seg"].argmax(dim=0).cpu().numpy()
                 gt = np.asarray(Image.open(rec["sem_seg_file_name"]))
                 bf.update(pred, gt)
-                pan = rgb_to_id(np.asarray(Image.open(rec["pan_seg_file_name"]).convert("RGB")))
+                pan = read_panoptic_png(rec["pan_seg_file_name"])
                 t, s = touching_separation(pred, pan, rec["segments_info"])
                 touching, separated = touching + t, separated + s
     sem = evaluator.evaluate()["sem_seg"]

@@ -9,13 +9,13 @@ import unittest
 
 import numpy as np
 
-from seg2.benchmark.semantic_heads import (
+from benchmarks.semantic_heads import (
     BoundaryFScore,
     benchmark_cfg,
     class_boundary,
     touching_separation,
 )
-from seg2.utils.testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import REPO_ROOT, tiny_synthetic_root
 
 
 def load_cli():

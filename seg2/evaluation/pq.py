@@ -1,0 +1,495 @@
+"""Panoptic quality (Kirillov et al., "Panoptic Segmentation", CVPR 2019), our own implementation.
+
+``panopticapi`` is not on PyPI, so seg2 scores PQ itself, following the reference rules:
+
+* a ground-truth (GT) and a predicted segment match when they have the same category and
+  IoU > 0.5 (strict), which makes matches unique;
+* void pixels (GT id 0) are not counted: the part of a prediction lying on void is removed
+  from the union;
+* crowd GT segments are never matched (nor counted as false negatives);
+* an unmatched prediction is not a false positive when more than half of it lies on void or
+  on crowd regions of its own category;
+* classes with no TP, FP or FN are left out of the means.
+
+The core (:func:`pq_compute_single`) is a pure function of two id maps and their segment lists,
+vectorised with one joint-id ``np.unique`` per image. :func:`pq_compute_files` reads the COCO
+panoptic format (PNG + JSON) with a worker pool over images. This is seg2's only PQ engine:
+``Seg2PanopticEvaluator`` (COCO panoptic) and the Cityscapes panoptic scoring both call it.
+"""
+
+import itertools
+import logging
+import math
+import multiprocessing
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from tabulate import tabulate
+
+from ..io import InputError, read_json, read_panoptic_png
+from ..structures.panoptic import OFFSET, VOID
+
+# Kept as a name for callers that catch panoptic input errors specifically.
+PanopticInputError = InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PanopticInputError",
+    "PQStatCat",
+    "PQStat",
+    "pq_compute_single",
+    "pq_average",
+    "pq_results",
+    "pq_compute_files",
+    "format_pq_table",
+    "load_panoptic_json",
+    "panoptic_categories",
+]
+
+_GROUPS = (("All", None, ""), ("Things", True, "_th"), ("Stuff", False, "_st"))
+
+
+@dataclass
+class PQStatCat:
+    """Accumulators of one category: matched IoU sum, true/false positives, false negatives."""
+
+    iou: float = 0.0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __iadd__(self, other: "PQStatCat") -> "PQStatCat":
+        self.iou += other.iou
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        return self
+
+
+class PQStat:
+    """Per-category :class:`PQStatCat`; ``+=`` merges images, chunks of images or ranks."""
+
+    def __init__(self):
+        self.pq_per_cat: Dict[int, PQStatCat] = {}
+
+    def __getitem__(self, category_id: int) -> PQStatCat:
+        if category_id not in self.pq_per_cat:
+            self.pq_per_cat[category_id] = PQStatCat()
+        return self.pq_per_cat[category_id]
+
+    def __setitem__(self, category_id: int, value: PQStatCat) -> None:
+        self.pq_per_cat[category_id] = value
+
+    def __iadd__(self, other: "PQStat") -> "PQStat":
+        for cat, stat in other.pq_per_cat.items():
+            mine = self[cat]  # never alias ``other``'s accumulators
+            mine += stat
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PQStat):
+            return NotImplemented
+        empty = PQStatCat()
+        cats = set(self.pq_per_cat) | set(other.pq_per_cat)
+        return all(self.pq_per_cat.get(c, empty) == other.pq_per_cat.get(c, empty) for c in cats)
+
+    def __repr__(self) -> str:
+        return f"PQStat({dict(sorted(self.pq_per_cat.items()))})"
+
+
+def _segment_table(
+    segments: Sequence[Mapping], categories: Mapping[int, Mapping], image_name: str, what: str
+) -> Dict[int, Mapping]:
+    """id -> segment, refusing duplicate ids, the reserved void id and unknown categories."""
+    table: Dict[int, Mapping] = {}
+    for seg in segments:
+        for key in ("id", "category_id"):
+            if key not in seg:
+                raise PanopticInputError(
+                    f"{image_name}: a {what} segment lacks field '{key}': {seg}"
+                )
+        sid = int(seg["id"])
+        if sid == VOID:
+            raise PanopticInputError(
+                f"{image_name}: {what} segment id 0 is reserved for void (unlabeled pixels)"
+            )
+        if sid in table:
+            raise PanopticInputError(
+                f"{image_name}: {what} segment id {sid} appears twice in the JSON"
+            )
+        if seg["category_id"] not in categories:
+            raise PanopticInputError(
+                f"{image_name}: {what} segment {sid} has unknown category_id {seg['category_id']} "
+                f"(known: {sorted(categories)})"
+            )
+        table[sid] = seg
+    return table
+
+
+def _check_ids(
+    present: np.ndarray, table: Mapping[int, Mapping], image_name: str, what: str
+) -> None:
+    in_png = set(int(i) for i in present) - {VOID}
+    not_in_json = sorted(in_png - set(table))
+    if not_in_json:
+        raise PanopticInputError(
+            f"{image_name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
+        )
+    not_in_png = sorted(set(table) - in_png)
+    if not_in_png:
+        raise PanopticInputError(
+            f"{image_name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
+        )
+
+
+def pq_compute_single(
+    gt_ids: np.ndarray,
+    gt_segments: Sequence[Mapping],
+    pred_ids: np.ndarray,
+    pred_segments: Sequence[Mapping],
+    categories: Mapping[int, Mapping],
+    image_name: str = "<image>",
+) -> PQStat:
+    """PQ accumulators of one image.
+
+    Args:
+        gt_ids: (H, W) int GT segment ids; 0 = void. Every other id must be in ``gt_segments``.
+        gt_segments: GT segments, dicts with ``id``, ``category_id`` and optional ``iscrowd``.
+        pred_ids: (H, W) int predicted segment ids; 0 = void (no prediction).
+        pred_segments: predicted segments, dicts with ``id`` and ``category_id``.
+        categories: category id -> dict with ``isthing`` (COCO panoptic ``categories``).
+        image_name: used in error messages.
+
+    Returns:
+        PQStat with tp, fp, fn and the IoU sum of matched pairs per category.
+
+    Raises:
+        PanopticInputError: size mismatch; a segment id in the PNG but not the JSON or the
+            reverse; duplicate or reserved (0) segment ids; an unknown category id.
+    """
+    gt_ids = np.asarray(gt_ids)
+    pred_ids = np.asarray(pred_ids)
+    if gt_ids.shape != pred_ids.shape:
+        raise PanopticInputError(
+            f"{image_name}: prediction size {tuple(pred_ids.shape)} differs from ground truth "
+            f"size {tuple(gt_ids.shape)}"
+        )
+    for ids, what in ((gt_ids, "ground-truth"), (pred_ids, "predicted")):
+        if ids.size and (ids.min() < 0 or ids.max() >= OFFSET):
+            raise PanopticInputError(
+                f"{image_name}: {what} segment ids must lie in [0, {OFFSET}), "
+                f"got [{ids.min()}, {ids.max()}]"
+            )
+    gt_table = _segment_table(gt_segments, categories, image_name, "ground-truth")
+    pred_table = _segment_table(pred_segments, categories, image_name, "predicted")
+
+    # Every (gt, pred) pair that overlaps, with its intersection, in one sort.
+    joint = gt_ids.astype(np.int64).ravel() * OFFSET + pred_ids.astype(np.int64).ravel()
+    pairs, inter = np.unique(joint, return_counts=True)
+    pair_gt, pair_pred = pairs // OFFSET, pairs % OFFSET
+
+    gt_u, gt_inv = np.unique(pair_gt, return_inverse=True)
+    pred_u, pred_inv = np.unique(pair_pred, return_inverse=True)
+    _check_ids(gt_u, gt_table, image_name, "ground-truth")
+    _check_ids(pred_u, pred_table, image_name, "predicted")
+    gt_area = np.bincount(gt_inv, weights=inter, minlength=len(gt_u))
+    pred_area = np.bincount(pred_inv, weights=inter, minlength=len(pred_u))
+    pred_void = np.bincount(pred_inv, weights=inter * (pair_gt == VOID), minlength=len(pred_u))
+
+    # Category per unique id (-1 for void), crowd flag per GT id.
+    gt_cat = np.array([gt_table[int(g)]["category_id"] if g != VOID else -1 for g in gt_u])
+    gt_crowd = np.array(
+        [bool(gt_table[int(g)].get("iscrowd", 0)) if g != VOID else False for g in gt_u]
+    )
+    pred_cat = np.array([pred_table[int(p)]["category_id"] if p != VOID else -1 for p in pred_u])
+
+    pg_cat, pp_cat = gt_cat[gt_inv], pred_cat[pred_inv]
+    real = (pair_gt != VOID) & (pair_pred != VOID) & (pg_cat == pp_cat)
+    union = gt_area[gt_inv] + pred_area[pred_inv] - inter - pred_void[pred_inv]
+    iou = inter / np.maximum(union, 1)
+    matched = real & ~gt_crowd[gt_inv] & (iou > 0.5)
+
+    stat = PQStat()
+    gt_matched = np.zeros(len(gt_u), dtype=bool)
+    pred_matched = np.zeros(len(pred_u), dtype=bool)
+    for k in np.flatnonzero(matched):
+        s = stat[int(pg_cat[k])]
+        s.tp += 1
+        s.iou += float(iou[k])
+        gt_matched[gt_inv[k]] = True
+        pred_matched[pred_inv[k]] = True
+
+    for j, g in enumerate(gt_u):
+        if g != VOID and not gt_matched[j] and not gt_crowd[j]:
+            stat[int(gt_cat[j])].fn += 1
+
+    # Ignored part of a prediction: void plus crowd regions of its own category (panopticapi
+    # keeps one crowd segment per category, as COCO has; we sum them all, which agrees there).
+    on_crowd = real & gt_crowd[gt_inv]
+    ignored = pred_void + np.bincount(pred_inv, weights=inter * on_crowd, minlength=len(pred_u))
+    for j, p in enumerate(pred_u):
+        if p != VOID and not pred_matched[j] and not (ignored[j] / pred_area[j] > 0.5):
+            stat[int(pred_cat[j])].fp += 1
+    return stat
+
+
+def pq_average(
+    stat: PQStat, categories: Mapping[int, Mapping], isthing: Optional[bool] = None
+) -> Tuple[Dict[str, float], Dict[int, Dict[str, float]]]:
+    """Mean PQ, SQ, RQ (fractions) over the categories that have any TP, FP or FN.
+
+    PQ_c = sum IoU / (TP + FP/2 + FN/2), SQ_c = sum IoU / TP (0 without TP),
+    RQ_c = TP / (TP + FP/2 + FN/2).
+
+    Args:
+        stat: accumulators of the whole dataset.
+        categories: category id -> dict with ``isthing``.
+        isthing: True / False restricts to things / stuff; None takes all.
+
+    Returns:
+        ``{"pq", "sq", "rq", "n"}`` (means are NaN when n == 0) and, per category id taken
+        into the mean, ``{"pq", "sq", "rq"}``.
+    """
+    per_class: Dict[int, Dict[str, float]] = {}
+    for cat, info in categories.items():
+        if isthing is not None and bool(info.get("isthing", 0)) != isthing:
+            continue
+        s = stat.pq_per_cat.get(cat, PQStatCat())
+        if s.tp + s.fp + s.fn == 0:
+            continue
+        denom = s.tp + 0.5 * s.fp + 0.5 * s.fn
+        per_class[cat] = {
+            "pq": s.iou / denom,
+            "sq": s.iou / s.tp if s.tp else 0.0,
+            "rq": s.tp / denom,
+        }
+    n = len(per_class)
+    mean = {
+        k: (sum(r[k] for r in per_class.values()) / n if n else float("nan"))
+        for k in ("pq", "sq", "rq")
+    }
+    mean["n"] = n
+    return mean, per_class
+
+
+def pq_results(stat: PQStat, categories: Mapping[int, Mapping]) -> Dict[str, float]:
+    """Detectron2's panoptic keys, in percent.
+
+    Args:
+        stat: accumulators of the whole dataset.
+        categories: category id -> dict with ``isthing`` and ``name``.
+
+    Returns:
+        ``PQ, SQ, RQ`` (all classes), ``PQ_th, SQ_th, RQ_th`` (things), ``PQ_st, SQ_st,
+        RQ_st`` (stuff), and ``PQ-<name>, SQ-<name>, RQ-<name>`` per class. A figure over no
+        class (e.g. things of a stuff-only dataset, or a class absent from both GT and
+        predictions) is NaN, as Detectron2 reports absent classes.
+    """
+    res: Dict[str, float] = OrderedDict()
+    per_class: Dict[int, Dict[str, float]] = {}
+    for _, isthing, suffix in _GROUPS:
+        mean, pc = pq_average(stat, categories, isthing)
+        for k in ("pq", "sq", "rq"):
+            res[k.upper() + suffix] = 100 * mean[k]
+        if isthing is None:
+            per_class = pc
+    for cat, info in categories.items():
+        name = info.get("name", str(cat))
+        for k in ("pq", "sq", "rq"):
+            res[f"{k.upper()}-{name}"] = (
+                100 * per_class[cat][k] if cat in per_class else float("nan")
+            )
+    return res
+
+
+def format_pq_table(
+    results: Mapping[str, float], categories: Optional[Mapping[int, Mapping]] = None
+) -> str:
+    """The summary (All / Things / Stuff) and per-class tables, as Detectron2 logs them.
+
+    Args:
+        results: output of :func:`pq_results` / :func:`pq_compute_files`.
+        categories: category id -> dict with ``isthing`` and ``name``; when given, the summary
+            gets Detectron2's ``#categories`` column (classes taken into each mean).
+
+    Returns:
+        Two tables in Markdown "pipe" format.
+    """
+    headers = ["", "PQ", "SQ", "RQ"] + (["#categories"] if categories is not None else [])
+    rows = []
+    for name, isthing, suffix in _GROUPS:
+        row = [name] + [results.get(k + suffix, float("nan")) for k in ("PQ", "SQ", "RQ")]
+        if categories is not None:
+            row.append(
+                sum(
+                    1
+                    for c in categories.values()
+                    if (isthing is None or bool(c.get("isthing", 0)) == isthing)
+                    and not math.isnan(results.get(f"PQ-{c.get('name')}", float("nan")))
+                )
+            )
+        rows.append(row)
+    fmt = dict(tablefmt="pipe", floatfmt=".3f", stralign="center", numalign="center")
+    table = tabulate(rows, headers=headers, **fmt)
+    names = [k[3:] for k in results if k.startswith("PQ-")]
+    if names:
+        per_class = [[n] + [results[f"{k}-{n}"] for k in ("PQ", "SQ", "RQ")] for n in names]
+        table += "\n\n" + tabulate(per_class, headers=["category", "PQ", "SQ", "RQ"], **fmt)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO panoptic files
+
+
+def load_panoptic_json(path: str, what: str) -> Dict:
+    """A COCO panoptic JSON (ground truth or predictions) with an ``annotations`` list."""
+    data = read_json(path, f"{what} JSON")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise InputError(f"{path}: top-level field 'annotations' missing or not a list")
+    return data
+
+
+def _read_ids(path: str, image_name: str) -> np.ndarray:
+    try:
+        return read_panoptic_png(path)
+    except InputError as e:
+        raise InputError(f"{image_name}: {e}") from None
+
+
+# (image name for errors, gt PNG, gt segments, pred PNG, pred segments)
+_Task = Tuple[str, str, List[Dict], str, List[Dict]]
+
+
+def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> List[PQStat]:
+    stats = []
+    for image_name, gt_png, gt_segs, pred_png, pred_segs in tasks:
+        gt_ids = _read_ids(gt_png, image_name)
+        pred_ids = _read_ids(pred_png, image_name)
+        stats.append(
+            pq_compute_single(gt_ids, gt_segs, pred_ids, pred_segs, categories, image_name)
+        )
+    return stats
+
+
+def panoptic_categories(gt: Dict, gt_json: str) -> Dict[int, Dict]:
+    cats = gt.get("categories")
+    if not isinstance(cats, list) or not cats:
+        raise PanopticInputError(f"{gt_json}: top-level field 'categories' missing or empty")
+    out: Dict[int, Dict] = {}
+    for c in cats:
+        for key in ("id", "isthing"):
+            if key not in c:
+                raise PanopticInputError(f"{gt_json}: category {c} lacks field '{key}'")
+        if c["id"] in out:
+            raise PanopticInputError(f"{gt_json}: category id {c['id']} appears twice")
+        out[c["id"]] = c
+    return out
+
+
+def pq_compute_files(
+    gt_json: str,
+    gt_dir: str,
+    pred_json: str,
+    pred_dir: str,
+    num_workers: Optional[int] = None,
+    image_ids: Optional[Iterable] = None,
+) -> Dict[str, float]:
+    """PQ of COCO panoptic predictions against COCO panoptic ground truth.
+
+    Args:
+        gt_json: GT JSON with ``categories`` (``id``, ``name``, ``isthing``) and
+            ``annotations`` (``image_id``, ``file_name``, ``segments_info``).
+        gt_dir: folder of the GT PNGs named by ``file_name``.
+        pred_json: predictions JSON with ``annotations`` in the same format.
+        pred_dir: folder of the predicted PNGs.
+        num_workers: processes reading and scoring images; None = one per CPU, 0 or 1 = in
+            this process. Results do not depend on it.
+        image_ids: score only these GT images (default: every GT annotation).
+
+    Returns:
+        :func:`pq_results`' dict: ``PQ, SQ, RQ, PQ_th, ..., RQ_st`` and per-class entries, in %.
+
+    Raises:
+        PanopticInputError: naming the file, the image and the segment, for a GT image
+            without prediction, a malformed JSON, a missing or non-RGB PNG, or any error of
+            :func:`pq_compute_single`.
+    """
+    gt = load_panoptic_json(gt_json, "ground-truth")
+    pred = load_panoptic_json(pred_json, "prediction")
+    categories = panoptic_categories(gt, gt_json)
+
+    gt_anns: Dict = OrderedDict()
+    for ann in gt["annotations"]:
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in ann:
+                raise PanopticInputError(
+                    f"{gt_json}: annotation lacks field '{key}': "
+                    f"{ann.get('file_name', ann.get('image_id'))}"
+                )
+        gt_anns[ann["image_id"]] = ann
+    pred_anns: Dict = {}
+    for ann in pred["annotations"]:
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in ann:
+                raise PanopticInputError(
+                    f"{pred_json}: prediction lacks field '{key}': "
+                    f"{ann.get('file_name', ann.get('image_id'))}"
+                )
+        if ann["image_id"] in pred_anns:
+            raise PanopticInputError(
+                f"{pred_json}: image_id {ann['image_id']} ({ann['file_name']}) has two predictions"
+            )
+        pred_anns[ann["image_id"]] = ann
+
+    if image_ids is not None:
+        wanted = list(image_ids)
+        unknown = [i for i in wanted if i not in gt_anns]
+        if unknown:
+            raise PanopticInputError(
+                f"{gt_json}: image_id(s) {unknown[:10]} not in the ground truth"
+            )
+        gt_anns = OrderedDict((i, gt_anns[i]) for i in wanted)
+
+    tasks: List[_Task] = []
+    for image_id, g in gt_anns.items():
+        if image_id not in pred_anns:
+            raise PanopticInputError(
+                f"{pred_json}: no prediction for image {g['file_name']} (image_id {image_id})"
+            )
+        p = pred_anns[image_id]
+        name = f"image {g['file_name']} (image_id {image_id})"
+        tasks.append(
+            (
+                name,
+                os.path.join(gt_dir, g["file_name"]),
+                g["segments_info"],
+                os.path.join(pred_dir, p["file_name"]),
+                p["segments_info"],
+            )
+        )
+
+    if num_workers is None:
+        num_workers = os.cpu_count() or 1
+    num_workers = max(1, min(num_workers, len(tasks)))
+    if num_workers == 1:
+        per_image = _compute_chunk(tasks, categories)
+    else:
+        # A few chunks per worker balance uneven image sizes with little IPC.
+        size = math.ceil(len(tasks) / (4 * num_workers))
+        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        with multiprocessing.Pool(processes=num_workers) as pool:
+            per_image = list(
+                itertools.chain(*pool.map(partial(_compute_chunk, categories=categories), chunks))
+            )
+    # Summed in image order, so the float sums are bit-identical for any num_workers.
+    stat = PQStat()
+    for s in per_image:
+        stat += s
+    logger.info(f"PQ computed over {len(tasks)} images with {num_workers} worker(s)")
+    return pq_results(stat, categories)
