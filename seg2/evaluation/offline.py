@@ -8,7 +8,7 @@ from deep inside numpy, pycocotools or cityscapesscripts.
 
 import os
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 

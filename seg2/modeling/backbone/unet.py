@@ -11,7 +11,13 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNetEncoder", "build_unet_backbone", "mirror_pad", "parse_unet_levels"]
+__all__ = [
+    "UNetEncoder",
+    "build_unet_backbone",
+    "backbone_mirror_pads_input",
+    "mirror_pad",
+    "parse_unet_levels",
+]
 
 
 def mirror_pad(x: torch.Tensor, pads: Tuple[int, int, int, int]) -> torch.Tensor:
@@ -213,3 +219,17 @@ def build_unet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> UNetEncoder:
         mode=unet.SKIP_MODE,
         decoder_levels=decoder_levels,
     )
+
+
+# The geometry a head needs, declared by the backbone: in crop mode the classic encoder
+# mirror-pads its input (overlap-tile) for UNetSemSegHead's valid-convolution decoder.
+build_unet_backbone.mirror_pads_input = lambda cfg: cfg.MODEL.SEG2.UNET.SKIP_MODE == "crop"
+
+
+def backbone_mirror_pads_input(cfg: CfgNode) -> bool:
+    """Whether ``MODEL.BACKBONE.NAME`` declares that it mirror-pads its input under ``cfg``
+    (a ``mirror_pads_input(cfg)`` attribute on the registered builder)."""
+    builder = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)
+    declared = getattr(builder, "mirror_pads_input", None)
+    return bool(declared(cfg)) if declared is not None else False
+

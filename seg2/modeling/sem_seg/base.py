@@ -8,6 +8,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from torch import nn
 from torch.nn import functional as F
 
+from ..backbone.unet import backbone_mirror_pads_input
 from ..losses import SemSegLoss
 
 __all__ = ["BaseSemSegHead", "crop_or_pad"]
@@ -113,14 +114,11 @@ class BaseSemSegHead(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
         """The keyword arguments every head reads from the config's core keys."""
-        if (
-            cfg.MODEL.BACKBONE.NAME == "build_unet_backbone"
-            and cfg.MODEL.SEG2.UNET.SKIP_MODE == "crop"
-            and not cls.supports_overlap_tile
-        ):
+        if backbone_mirror_pads_input(cfg) and not cls.supports_overlap_tile:
             raise ValueError(
-                f"{cls.__name__}: MODEL.SEG2.UNET.SKIP_MODE 'crop' makes build_unet_backbone "
-                "mirror-pad its input for UNetSemSegHead's decoder; use SKIP_MODE 'pad'"
+                f"{cls.__name__}: MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME} mirror-pads "
+                "its input (MODEL.SEG2.UNET.SKIP_MODE 'crop') for UNetSemSegHead's decoder; "
+                "use SKIP_MODE 'pad'"
             )
         return {
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,

@@ -10,6 +10,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
+from ..backbone.unet import backbone_mirror_pads_input
 from ..upsample import build_upsample
 from .base import BaseSemSegHead, crop_or_pad
 
@@ -149,8 +150,7 @@ class UNetSemSegHead(BaseSemSegHead):
                 "upsample_ops": nn.ModuleList(ops),
                 "skip_mode": unet.SKIP_MODE,
                 "norm": cfg.MODEL.SEM_SEG_HEAD.NORM,
-                "overlap_tile": unet.SKIP_MODE == "crop"
-                and cfg.MODEL.BACKBONE.NAME == "build_unet_backbone",
+                "overlap_tile": backbone_mirror_pads_input(cfg),
             }
         )
         return ret
