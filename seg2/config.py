@@ -124,4 +124,7 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.TEST.SEG2 = CN()
     # Number of val images drawn as prediction overlays into OUTPUT_DIR/vis after evaluation.
     cfg.TEST.SEG2.NUM_VIS = 8
+    # Also score boundary F (2 px) and touching-object separation of sem_seg outputs
+    # (seg2/evaluation/boundary.py); off by default: distance transforms cost time per image.
+    cfg.TEST.SEG2.BOUNDARY_EVAL = False
     return cfg
