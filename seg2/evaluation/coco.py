@@ -23,10 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 
 from ..io import InputError, atomic_open, read_json, write_json
 from ..structures.panoptic import invert_id_map
+from .gather import gather_on_main
 
 # Kept as a name for callers of the old module.
 EvaluationInputError = InputError
@@ -352,13 +352,9 @@ class Seg2COCOEvaluator(DatasetEvaluator):
         return self._coco_gt
 
     def evaluate(self, img_ids: Optional[Sequence[int]] = None):
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            if not comm.is_main_process():
-                return None
-        else:
-            predictions = self._predictions
+        predictions = gather_on_main(self._predictions, self._distributed)
+        if predictions is None:
+            return None
         if not predictions:
             logger.warning(f"[Seg2COCOEvaluator] no predictions for '{self._dataset_name}'")
             return OrderedDict()
