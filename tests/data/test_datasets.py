@@ -188,6 +188,32 @@ class TestBadInput(unittest.TestCase):
         with self.assertRaisesRegex(DatasetFormatError, r"label.png: label value\(s\) \[9\]"):
             mapper({"file_name": image, "sem_seg_file_name": label})
 
+    def test_palette_label_png_is_read_as_indices_in_training_and_evaluation(self):
+        """A P-mode label PNG whose palette colours have luminances unrelated to the indices:
+        the training mapper and the offline evaluator must both see the indices."""
+        from seg2.evaluation.semantic import evaluate_semantic_folders
+
+        cfg = get_seg2_cfg()
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
+        cfg.INPUT.RANDOM_FLIP = "none"
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (8,), 8
+        indices = np.zeros((8, 8), np.uint8)
+        indices[:, 3:6], indices[:, 6:] = 1, 2
+        pal = Image.fromarray(indices, "P")
+        pal.putpalette([255, 255, 255, 200, 0, 0, 0, 0, 90] + [0] * (256 - 3) * 3)
+        gt_dir, pred_dir = os.path.join(self.tmp, "gt"), os.path.join(self.tmp, "pred")
+        os.makedirs(gt_dir), os.makedirs(pred_dir)
+        label = os.path.join(gt_dir, "a.png")
+        pal.save(label)
+        self.assertNotEqual(np.asarray(Image.open(label).convert("L"))[0, 0], 0)  # luminance != index
+        image = os.path.join(self.tmp, "img.png")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+        out = Seg2DatasetMapper(cfg, True)({"file_name": image, "sem_seg_file_name": label})
+        np.testing.assert_array_equal(out["sem_seg"].numpy(), indices)
+        Image.fromarray(indices).save(os.path.join(pred_dir, "a.png"))  # an "L" PNG of the indices
+        res = evaluate_semantic_folders(gt_dir, pred_dir, num_classes=3)
+        self.assertEqual(res["sem_seg"]["mIoU"], 100.0)
+
     def test_panoptic_unknown_category(self):
         pan = json.load(open(f"{self.root}/annotations/panoptic_val.json"))
         pan["annotations"][0]["segments_info"][0]["category_id"] = 98
