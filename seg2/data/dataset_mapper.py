@@ -16,7 +16,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from ..capabilities import model_capabilities
-from ..io import InputError, read_image, read_label_png
+from ..io import BitDepthRule, InputError, read_image, read_label_png
 from ..structures.panoptic import rgb2id
 from .augmentations import build_augmentations
 from .targets import unet_weight_map
@@ -47,6 +47,7 @@ class Seg2DatasetMapper:
         weight_map: bool = False,
         weight_map_w0: float = 10.0,
         weight_map_sigma: float = 5.0,
+        bit_depth: Optional[BitDepthRule] = None,
     ):
         """
         Args:
@@ -60,6 +61,8 @@ class Seg2DatasetMapper:
             ignore_label: the semantic void value.
             weight_map: add ``sem_seg_weights``, U-Net's class-balance + border map.
             weight_map_w0, weight_map_sigma: its w0 and sigma (pixels).
+            bit_depth: how images with more than 8 bits per sample become 8-bit
+                (``INPUT.SEG2.BIT_DEPTH``); the same rule the dataset check reports.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -71,6 +74,7 @@ class Seg2DatasetMapper:
         self.weight_map = weight_map
         self.weight_map_w0 = weight_map_w0
         self.weight_map_sigma = weight_map_sigma
+        self.bit_depth = bit_depth or BitDepthRule()
         mode = "training" if is_train else "inference"
         logger.info(f"[Seg2DatasetMapper] augmentations used in {mode}: {augmentations}")
 
@@ -87,6 +91,7 @@ class Seg2DatasetMapper:
             "weight_map": cfg.INPUT.SEG2.WEIGHT_MAP,
             "weight_map_w0": cfg.MODEL.SEG2.LOSS.UNET_W0,
             "weight_map_sigma": cfg.MODEL.SEG2.LOSS.UNET_SIGMA,
+            "bit_depth": BitDepthRule.from_cfg(cfg),
         }
 
     def _read_sem_seg(self, path: str) -> np.ndarray:
@@ -104,7 +109,7 @@ class Seg2DatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = read_image(d["file_name"], self.image_format)
+        image = read_image(d["file_name"], self.image_format, self.bit_depth)
         utils.check_image_size(d, image)
         sem = self._read_sem_seg(d["sem_seg_file_name"]) if "sem_seg_file_name" in d else None
         need_pan = self.is_train and "pan_seg_file_name" in d and (
