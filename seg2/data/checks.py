@@ -47,9 +47,10 @@ def _is_num(v) -> bool:
 
 
 def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set:
-    """Integer, unique ``id``s; returns the valid ids."""
+    """Integer ids, each used once (a duplicate is reported once, with its count); returns
+    every integer id, so references to a duplicated id are not reported again."""
     counts = Counter(x.get("id") for x in items if isinstance(x, dict))
-    ids = set()
+    ids, reported = set(), set()
     for i, x in enumerate(items):
         if not isinstance(x, dict):
             report.add(path, f"{kind} #{i}", "", x, f"{kind} is not a JSON object")
@@ -57,11 +58,13 @@ def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set
         v = x.get("id")
         sample = sample_of(x) if sample_of else None
         if not _is_int(v):
-            report.add(path, f"{kind} #{i}", "id", v, "id must be an integer", sample)
-        elif counts[v] > 1:
-            report.add(path, f"{kind} {v}", "id", v, f"{counts[v]} {kind}s share this id", sample)
-        else:
-            ids.add(v)
+            report.add(path, f"{kind} #{i}", "id", v, "id must be an integer", sample if isinstance(sample, (str, int, float)) else None)
+            continue
+        ids.add(v)
+        if counts[v] > 1 and (v not in reported or sample_of):
+            if v not in reported:
+                report.add(path, f"{kind} {v}", "id", v, f"{counts[v]} {kind}s share this id", sample)
+            reported.add(v)
     return ids
 
 
@@ -83,7 +86,9 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     ids = _check_ids(images, path, "image", report, sample_of=lambda im: im.get("id"))
     known, usable = {}, {}
     for im in images:
-        if not isinstance(im, dict) or im.get("id") not in ids:
+        if isinstance(im, dict) and isinstance(im.get("id"), (str, float)):
+            known.setdefault(im["id"], im)  # reported; references to it are not reported again
+        if not isinstance(im, dict) or im.get("id") not in ids or im["id"] in known:
             continue
         known[im["id"]] = im
         where, ok = f"image {im['id']}", True
@@ -103,7 +108,7 @@ def _check_categories(cats: List, path: str, report, panoptic: bool = False) -> 
     ids = _check_ids(cats, path, "category", report)
     out = {}
     for c in cats:
-        if not isinstance(c, dict) or c.get("id") not in ids:
+        if not isinstance(c, dict) or c.get("id") not in ids or c["id"] in out:
             continue
         if not isinstance(c.get("name"), str):
             report.add(path, f"category {c['id']}", "name", c.get("name", "<missing>"), "must be a string")
@@ -211,7 +216,7 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
         im = images.get(img_id)
         if im is None:
             if img_id not in known:
-                report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", img_id if _is_int(img_id) else None)
+                report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", img_id if isinstance(img_id, (int, str)) else None)
             continue
         if a.get("category_id") not in cats:
             report.add(path, where, "category_id", a.get("category_id", "<missing>"), f"not among the category ids {sorted(cats)}", img_id)
@@ -267,7 +272,7 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
         where = f"annotation of image {img_id!r}"
         if img_id not in images:
             if img_id not in known:
-                report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", img_id if _is_int(img_id) else None)
+                report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", img_id if isinstance(img_id, (int, str)) else None)
             continue
         seen[img_id] += 1
         if seen[img_id] == 2:
