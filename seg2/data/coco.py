@@ -102,7 +102,11 @@ def load_coco_instances(json_file: str, image_root: str, dataset_name: str) -> L
 def _coco_instances_metadata(json_file: str) -> Dict:
     """Thing classes and id map read from the JSON header, so they exist before loading
     (malformed categories are left to the validation pass, which reports them all)."""
-    cats = read_json(json_file).get("categories", []) if os.path.isfile(json_file) else []
+    try:
+        data = read_json(json_file)
+    except InputError:  # the loader reports it, with everything else, at first use
+        return {}
+    cats = data.get("categories", []) if isinstance(data, dict) else []
     cats = sorted(
         (c for c in cats if isinstance(c, dict) and isinstance(c.get("id"), int)),
         key=lambda c: c["id"],

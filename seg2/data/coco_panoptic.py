@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..io import read_json, read_panoptic_png, write_png
+from ..io import InputError, read_json, read_panoptic_png, write_png
 from .checks import check_coco_panoptic_json, check_dataset_dicts
 from .coco import check_coco_instances, keep_images, load_coco_dicts
 from .validate import ValidationReport, finish_validation, validation_options
@@ -30,9 +30,9 @@ def panoptic_metadata(categories: List[Dict]) -> Dict:
     cats = sorted(categories, key=lambda c: (not c.get("isthing", 0), c["id"]))
     things = [c for c in cats if c.get("isthing", 0)]
     meta = {
-        "thing_classes": [c["name"] for c in things],
+        "thing_classes": [str(c.get("name", c["id"])) for c in things],
         "thing_colors": [c.get("color", [0, 0, 0]) for c in things],
-        "stuff_classes": [c["name"] for c in cats],
+        "stuff_classes": [str(c.get("name", c["id"])) for c in cats],
         "stuff_colors": [c.get("color", [0, 0, 0]) for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
         "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
@@ -117,6 +117,9 @@ def load_coco_panoptic(
     data = read_json(panoptic_json)
     if not check_coco_panoptic_json(data, panoptic_json, report):
         finish_validation(report, [], lambda d: None)
+    if "stuff_dataset_id_to_contiguous_id" not in meta:  # registration could not read the file
+        cats = [c for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)]
+        meta = {**panoptic_metadata(cats), **meta}
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
     thing_map = meta["thing_dataset_id_to_contiguous_id"]
     # Detectron2's "separated" convention (PanopticFPN): stuff ids 1..N, all things one class 0.
@@ -193,9 +196,12 @@ def register_coco_panoptic(
     """
     meta = metadata
     if meta is None:
-        meta = panoptic_metadata(read_json(panoptic_json)["categories"]) if os.path.isfile(
-            panoptic_json
-        ) else {}
+        try:
+            data = read_json(panoptic_json)
+            cats = [c for c in data.get("categories", []) if isinstance(c, dict) and "id" in c]
+            meta = panoptic_metadata(cats)
+        except (InputError, AttributeError, TypeError):
+            meta = {}  # the loader reports the file's problems, all together, at first use
     DatasetCatalog.register(
         name,
         lambda: load_coco_panoptic(

@@ -10,6 +10,7 @@ import logging
 from typing import Dict, List, Optional
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
@@ -111,6 +112,7 @@ class Seg2DatasetMapper:
         d = copy.deepcopy(dataset_dict)
         image = read_image(d["file_name"], self.image_format, self.bit_depth)
         utils.check_image_size(d, image)
+        source_shape = image.shape[:2]
         sem = self._read_sem_seg(d["sem_seg_file_name"]) if "sem_seg_file_name" in d else None
         need_pan = self.is_train and "pan_seg_file_name" in d and (
             self.weight_map or (self.instances and "annotations" not in d)
@@ -133,19 +135,27 @@ class Seg2DatasetMapper:
         pan_ids = rgb2id(transforms.apply_segmentation(pan_rgb)) if pan_rgb is not None else None
         if self.instances:
             if "annotations" in d:
-                d["instances"] = self._instances_from_annotations(d.pop("annotations"), transforms, image_shape)
+                d["instances"] = self._instances_from_annotations(
+                    d.pop("annotations"), transforms, image_shape, source_shape
+                )
             elif pan_ids is not None:
                 d["instances"] = self._instances_from_panoptic(pan_ids, d["segments_info"], image_shape)
         if self.weight_map:
             d["sem_seg_weights"] = self._weight_map(d, pan_ids, sem)
         return d
 
-    def _instances_from_annotations(self, annos, transforms, image_shape) -> Instances:
-        annos = [
-            utils.transform_instance_annotations(a, transforms, image_shape)
-            for a in annos
-            if a.get("iscrowd", 0) == 0
-        ]
+    def _instances_from_annotations(self, annos, transforms, image_shape, source_shape) -> Instances:
+        annos = [a for a in annos if a.get("iscrowd", 0) == 0]
+        if self.instance_mask_format == "bitmask":
+            # Rasterise polygons before transforming: the masks are then moved exactly like the
+            # semantic and panoptic PNGs, and a crop needs no polygon clipping (shapely).
+            h, w = source_shape
+            annos = [
+                dict(a, segmentation=mask_util.merge(mask_util.frPyObjects(a["segmentation"], h, w)))
+                if isinstance(a.get("segmentation"), list) else a
+                for a in annos
+            ]
+        annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
         inst = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
         if inst.has("gt_masks"):
             # Boxes of masks cut by a crop should shrink with them.
