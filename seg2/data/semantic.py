@@ -41,7 +41,7 @@ def load_semantic(
         report.add(path, f"image '{stem}'", "sem_seg_file_name", f"{stem}.png", f"no label in {label_root}", path)
     for stem in sorted(set(labels) - set(images)):
         path = os.path.join(label_root, labels[stem])
-        report.add(path, f"label '{stem}'", "file_name", f"{stem}.*", f"no image in {image_root}")
+        report.add(path, f"label '{stem}'", "file_name", f"{stem}.*", f"no image in {image_root}", path)
     dicts = [
         {
             "file_name": os.path.join(image_root, images[stem]),
