@@ -704,7 +704,7 @@ class TestEdgeCases(unittest.TestCase):
         with self.assertLogs("seg2.evaluation.pq", "WARNING") as logs:
             res = pq_results(stat, CATS)
         self.assertTrue(all(np.isnan(res[k]) for k in ("PQ", "PQ-a", "PQ-b", "PQ_st")))
-        self.assertIn("no ground-truth segment of any category", "\n".join(logs.output))
+        self.assertIn("the ground truth has no segment of any category", "\n".join(logs.output))
 
         stat = single(row((1, 2), (0, 2)), [seg(1, 1)], row((1, 2), (0, 2)), [seg(1, 1)])
         with self.assertLogs("seg2.evaluation.pq", "WARNING") as logs:
