@@ -15,6 +15,7 @@ found, 2 unusable input (one line on stderr, no traceback).
 """
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -118,8 +119,21 @@ def check(args) -> int:
     return 0
 
 
+def split_overrides(argv: List[str]) -> List[str]:
+    """Put the trailing KEY VALUE overrides after "--", so ``--datasets a b KEY VALUE``
+    does not take the keys for dataset names."""
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            return argv
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", tok):
+            return argv[:i] + ["--"] + argv[i:]
+    return argv
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(split_overrides(sys.argv[1:] if argv is None else list(argv)))
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
     try:
         return check(args)
     except InputError as e:

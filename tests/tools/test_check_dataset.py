@@ -67,7 +67,8 @@ class TestCheckDataset(unittest.TestCase):
         }
         yaml.safe_dump({"DATASETS": {"SEG2": seg2}}, open(cfg, "w"))
         rc, out, err = run_tool(["tools/check_dataset.py", "--config-file", cfg, "--datasets",
-                                 "bad_inst", "bad_json", "bad_pan", "bad_sem", "solaris_buildings_val"],
+                                 "bad_inst", "bad_json", "bad_pan", "bad_sem", "solaris_buildings_val",
+                                 "INPUT.SEG2.BIT_DEPTH.METHOD", "divisor", "INPUT.SEG2.BIT_DEPTH.DIVISOR", "16"],
                                 env_root=os.path.dirname(root))
         self.assertEqual(rc, 2, out + err)  # 2: one dataset is unusable as a whole
         self.assertNotIn("Traceback", out + err)
@@ -80,7 +81,8 @@ class TestCheckDataset(unittest.TestCase):
         self.assertIn("malformed.json: malformed JSON at line 1", err)
         self.assertIn("dataset 'solaris_buildings_val': 20 sample(s), no problems", out)
         self.assertIn("flat polygon list", out)
-        self.assertIn("uint16 single-band image scaled to 8 bits by per-image min-max stretch: 20 time(s)", out)
+        # the KEY VALUE overrides after --datasets chose the 16-bit rule
+        self.assertIn("uint16 single-band image scaled to 8 bits by floor(v / 16): 20 time(s)", out)
         self.assertIn("4 of 5 dataset(s) have problems", out)
 
 
