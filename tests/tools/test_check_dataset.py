@@ -68,7 +68,7 @@ class TestCheckDataset(unittest.TestCase):
         yaml.safe_dump({"DATASETS": {"SEG2": seg2}}, open(cfg, "w"))
         rc, out, err = run_tool(["tools/check_dataset.py", "--config-file", cfg, "--datasets",
                                  "bad_inst", "bad_json", "bad_pan", "bad_sem", "solaris_buildings_val",
-                                 "INPUT.SEG2.BIT_DEPTH.METHOD", "divisor", "INPUT.SEG2.BIT_DEPTH.DIVISOR", "16"],
+                                 "INPUT.SEG2.BIT_DEPTH.METHOD", "divisor", "INPUT.SEG2.BIT_DEPTH.DIVISOR", "16.0"],
                                 env_root=os.path.dirname(root))
         self.assertEqual(rc, 2, out + err)  # 2: one dataset is unusable as a whole
         self.assertNotIn("Traceback", out + err)
