@@ -7,6 +7,7 @@ Readers: :func:`read_json`, :func:`read_image` (Detectron2's conventions: EXIF o
 never a luminance), :func:`read_panoptic_png` (COCO panoptic ids). Writers are atomic
 (temporary file + ``os.replace``), so a killed process never leaves a torn file behind.
 """
+
 import contextlib
 import json
 import os
@@ -165,10 +166,14 @@ def _array_to_pil(arr: np.ndarray, path: str, rule: BitDepthRule, notes: List[st
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise InputError(f"{path}: image has shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+        raise InputError(
+            f"{path}: image has shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)"
+        )
     if arr.dtype != np.uint8:
-        notes.append(f"{arr.dtype} {'single-band' if arr.ndim == 2 else f'{arr.shape[2]}-band'} "
-                     f"image scaled to 8 bits by {rule.describe()}")
+        notes.append(
+            f"{arr.dtype} {'single-band' if arr.ndim == 2 else f'{arr.shape[2]}-band'} "
+            f"image scaled to 8 bits by {rule.describe()}"
+        )
         arr = rule.apply(arr)
     if arr.ndim == 3 and arr.shape[2] == 4:
         notes.append(_MODE_NOTES["RGBA"])
@@ -206,7 +211,9 @@ def load_image(
         exif = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
         img = _apply_exif_orientation(img)
     except Exception as e:
-        raise InputError(f"{path}: cannot apply EXIF orientation ({type(e).__name__}: {e})") from None
+        raise InputError(
+            f"{path}: cannot apply EXIF orientation ({type(e).__name__}: {e})"
+        ) from None
     if exif not in (None, 1):
         notes.append(f"EXIF orientation {exif} applied (as Detectron2 does)")
     if img.mode in _HIGH_BIT_MODES:

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", nargs="+", help="registered names to check")
     parser.add_argument("--coco-instances", nargs=2, metavar=("JSON", "IMAGE_ROOT"))
     parser.add_argument(
-        "--coco-panoptic", nargs="+", metavar="PATH",
+        "--coco-panoptic",
+        nargs="+",
+        metavar="PATH",
         help="PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT [INSTANCES_JSON]",
     )
     parser.add_argument("--semantic", nargs=3, metavar=("IMAGE_ROOT", "LABEL_ROOT", "CLASSES"))
@@ -62,7 +64,11 @@ def load_cfg(args):
 
 def dataset_names(args, cfg) -> List[str]:
     """The datasets to check: given on the command line, else everything the config names."""
-    from seg2.data.datasets import register_coco_instances, register_coco_panoptic, register_semantic
+    from seg2.data.datasets import (
+        register_coco_instances,
+        register_coco_panoptic,
+        register_semantic,
+    )
 
     names = []
     if args.coco_instances:
@@ -70,20 +76,28 @@ def dataset_names(args, cfg) -> List[str]:
         names.append("check_coco_instances")
     if args.coco_panoptic:
         if len(args.coco_panoptic) not in (3, 4):
-            raise InputError("--coco-panoptic: give PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT [INSTANCES_JSON]")
+            raise InputError(
+                "--coco-panoptic: give PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT [INSTANCES_JSON]"
+            )
         pan_json, image_root, pan_root = args.coco_panoptic[:3]
         inst = args.coco_panoptic[3] if len(args.coco_panoptic) == 4 else None
         register_coco_panoptic("check_coco_panoptic", image_root, pan_root, pan_json, inst)
         names.append("check_coco_panoptic")
     if args.semantic:
         image_root, label_root, classes = args.semantic
-        register_semantic("check_semantic", image_root, label_root, [c.strip() for c in classes.split(",")])
+        register_semantic(
+            "check_semantic", image_root, label_root, [c.strip() for c in classes.split(",")]
+        )
         names.append("check_semantic")
     if args.datasets:
         names += args.datasets
     if names:
         return names
-    seg2_entries = [e[0] for key in ("COCO_INSTANCES", "COCO_PANOPTIC", "SEMANTIC") for e in getattr(cfg.DATASETS.SEG2, key)]
+    seg2_entries = [
+        e[0]
+        for key in ("COCO_INSTANCES", "COCO_PANOPTIC", "SEMANTIC")
+        for e in getattr(cfg.DATASETS.SEG2, key)
+    ]
     return list(dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) + seg2_entries))
 
 
@@ -97,10 +111,14 @@ def check(args) -> int:
     register_from_config(cfg)
     names = dataset_names(args, cfg)
     if not names:
-        raise InputError("nothing to check: give --config-file with DATASETS.*, --datasets or paths")
+        raise InputError(
+            "nothing to check: give --config-file with DATASETS.*, --datasets or paths"
+        )
     unknown = [n for n in names if n not in DatasetCatalog.list()]
     if unknown:
-        raise InputError(f"--datasets: {unknown} not registered (DATASETS.SEG2.* registers data by path)")
+        raise InputError(
+            f"--datasets: {unknown} not registered (DATASETS.SEG2.* registers data by path)"
+        )
     configure_validation(cfg, on_bad_sample="report")
     bad, unusable = 0, 0
     for name in names:

@@ -1,4 +1,5 @@
 """COCO instances by path: validated up front, then Detectron2's own ``load_coco_json``."""
+
 import os
 import tempfile
 from typing import Dict, List, Optional, Sequence
@@ -28,9 +29,7 @@ def require_fields(obj: Dict, keys: Sequence[str], path: str, where: str) -> Non
 def check_files_exist(paths: List[str], what: str, source: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise InputError(
-            f"{source}: {len(missing)} {what} file(s) not found, e.g. {missing[:3]}"
-        )
+        raise InputError(f"{source}: {len(missing)} {what} file(s) not found, e.g. {missing[:3]}")
 
 
 def check_coco_instances(json_file: str, image_root: Optional[str], report: ValidationReport):
@@ -43,14 +42,24 @@ def check_coco_instances(json_file: str, image_root: Optional[str], report: Vali
     opts = validation_options()
     report.num_samples = len(fixed["images"])
     for im in fixed["images"]:
-        if not (isinstance(im, dict) and isinstance(im.get("file_name"), str)) or image_root is None:
+        if (
+            not (isinstance(im, dict) and isinstance(im.get("file_name"), str))
+            or image_root is None
+        ):
             continue
         path = os.path.join(image_root, im["file_name"])
         hw = (im.get("height"), im.get("width"))
         if opts.check_files:
             check_image_file(path, hw, report, im.get("id"), opts, json_file)
         elif not os.path.isfile(path):
-            report.add(path, f"image {im.get('id')!r}", "file_name", im["file_name"], "image file not found", im.get("id"))
+            report.add(
+                path,
+                f"image {im.get('id')!r}",
+                "file_name",
+                im["file_name"],
+                "image file not found",
+                im.get("id"),
+            )
     return fixed
 
 
@@ -60,7 +69,9 @@ def keep_images(data: Dict, image_ids) -> Dict:
     return dict(
         data,
         images=[im for im in data["images"] if im.get("id") in keep],
-        annotations=[a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep],
+        annotations=[
+            a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep
+        ],
     )
 
 

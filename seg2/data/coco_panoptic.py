@@ -1,5 +1,6 @@
 """COCO panoptic (PNG + JSON) by path, with semantic targets derived from the PNGs and cached,
 in Detectron2's metadata conventions (all classes, or PanopticFPN's "separated" one)."""
+
 import contextlib
 import glob
 import hashlib
@@ -118,7 +119,9 @@ def load_coco_panoptic(
     if not check_coco_panoptic_json(data, panoptic_json, report):
         finish_validation(report, [], lambda d: None)
     if "stuff_dataset_id_to_contiguous_id" not in meta:  # registration could not read the file
-        cats = [c for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)]
+        cats = [
+            c for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)
+        ]
         meta = {**panoptic_metadata(cats), **meta}
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
     thing_map = meta["thing_dataset_id_to_contiguous_id"]
@@ -128,12 +131,18 @@ def load_coco_panoptic(
     dicts = []
     for ann in data["annotations"]:
         img = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
-        if img is None or not isinstance(ann.get("file_name"), str) or not isinstance(ann.get("segments_info"), list):
+        if (
+            img is None
+            or not isinstance(ann.get("file_name"), str)
+            or not isinstance(ann.get("segments_info"), list)
+        ):
             continue  # reported by check_coco_panoptic_json
         segments = [  # unknown categories were reported; a None keeps the PNG check exact
             dict(
                 s,
-                category_id=thing_map.get(s.get("category_id"), stuff_map.get(s.get("category_id"))),
+                category_id=thing_map.get(
+                    s.get("category_id"), stuff_map.get(s.get("category_id"))
+                ),
                 isthing=s.get("category_id") in thing_map,
                 iscrowd=s.get("iscrowd", 0),
                 dataset_category_id=s.get("category_id"),
@@ -164,7 +173,9 @@ def load_coco_panoptic(
         folder = os.path.join(cache_dir, os.path.basename(panoptic_root.rstrip("/")) + suffix)
         os.makedirs(folder, exist_ok=True)
         for d in dicts:
-            labels = {s["id"]: stuff_map.get(s["dataset_category_id"], 0) for s in d["segments_info"]}
+            labels = {
+                s["id"]: stuff_map.get(s["dataset_category_id"], 0) for s in d["segments_info"]
+            }
             d["sem_seg_file_name"] = _cached_semantic(folder, d["pan_seg_file_name"], labels)
     for d in dicts:
         for s in d["segments_info"]:

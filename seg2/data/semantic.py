@@ -1,4 +1,5 @@
 """Semantic segmentation folders by path: images and label PNGs matched by file stem."""
+
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -35,13 +36,26 @@ def load_semantic(
         for f in sorted(os.listdir(image_root))
         if f.lower().endswith(IMAGE_EXTENSIONS)
     }
-    labels = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(label_root)) if f.lower().endswith((".png", ".npy"))}
+    labels = {
+        os.path.splitext(f)[0]: f
+        for f in sorted(os.listdir(label_root))
+        if f.lower().endswith((".png", ".npy"))
+    }
     for stem in sorted(set(images) - set(labels)):
         path = os.path.join(image_root, images[stem])
-        report.add(path, f"image '{stem}'", "sem_seg_file_name", f"{stem}.png", f"no label in {label_root}", path)
+        report.add(
+            path,
+            f"image '{stem}'",
+            "sem_seg_file_name",
+            f"{stem}.png",
+            f"no label in {label_root}",
+            path,
+        )
     for stem in sorted(set(labels) - set(images)):
         path = os.path.join(label_root, labels[stem])
-        report.add(path, f"label '{stem}'", "file_name", f"{stem}.*", f"no image in {image_root}", path)
+        report.add(
+            path, f"label '{stem}'", "file_name", f"{stem}.*", f"no image in {image_root}", path
+        )
     dicts = [
         {
             "file_name": os.path.join(image_root, images[stem]),

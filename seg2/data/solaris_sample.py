@@ -18,6 +18,7 @@ of the export (annotations untouched) written once under
 images are read in place. Files are found with :func:`importlib.util.find_spec`, so no
 solaris code runs. Install with ``pip install --no-deps solaris==0.4.0``.
 """
+
 import hashlib
 import importlib.util
 import logging
@@ -103,7 +104,9 @@ def prepare_solaris_sample(cache_dir: Optional[str] = None) -> Dict[str, str]:
     return dict(paths, image_root=image_root)
 
 
-def register_solaris_sample(cache_dir: Optional[str] = None, prefix: str = "solaris_buildings") -> None:
+def register_solaris_sample(
+    cache_dir: Optional[str] = None, prefix: str = "solaris_buildings"
+) -> None:
     """Register ``{prefix}_train`` and ``{prefix}_val``; nothing is read until first use,
     and names already registered are left alone."""
     root = cache_dir or _default_cache()

@@ -11,6 +11,7 @@ The checks for each format live in :mod:`.checks`; the loaders of :mod:`.coco`,
 :mod:`.coco_panoptic` and :mod:`.semantic` call them, and :func:`validate_datasets` covers any
 other registered dataset (Cityscapes, the real samples) through its dataset dicts.
 """
+
 import copy
 import logging
 from collections import OrderedDict
@@ -167,7 +168,11 @@ def finish_validation(
     if report.ok:
         return dicts
     if policy == "error" or report.fatal:
-        hint = "" if report.fatal else "; DATASETS.SEG2.ON_BAD_SAMPLE skip drops broken samples instead"
+        hint = (
+            ""
+            if report.fatal
+            else "; DATASETS.SEG2.ON_BAD_SAMPLE skip drops broken samples instead"
+        )
         raise InputError(f"{report.format()}\n{len(report.problems)} problem(s){hint}")
     bad = report.bad_samples
     kept = [d for d in dicts if sample_of(d) not in bad]
@@ -196,7 +201,9 @@ def _checked_dicts(name: str, loader: Callable[[], List[Dict]]) -> List[Dict]:
     dicts = loader()
     if name not in _REPORTS:
         report = ValidationReport(name)
-        check_dataset_dicts(dicts, report, MetadataCatalog.get(name).as_dict(), validation_options())
+        check_dataset_dicts(
+            dicts, report, MetadataCatalog.get(name).as_dict(), validation_options()
+        )
         dicts = finish_validation(report, dicts, _sample_key)
     return dicts
 

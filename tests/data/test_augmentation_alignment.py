@@ -7,6 +7,7 @@ flipped or 2x-resized result must equal the scene drawn mirrored or at twice the
 for the random crop, each image pixel encodes its source coordinates (R = x, G = y), so the
 crop window is read off the output image and every target must equal the drawn scene's
 window."""
+
 import os
 import tempfile
 import unittest
@@ -59,16 +60,26 @@ def write_record(folder: str, with_annotations: bool):
     segments = [
         {"id": BAND, "category_id": 1, "isthing": False, "iscrowd": 0},
         {"id": BACKGROUND, "category_id": 0, "isthing": False, "iscrowd": 0},
-    ] + [{"id": sid, "category_id": thing, "isthing": True, "iscrowd": 0} for sid, _, thing, *_ in SHAPES]
+    ] + [
+        {"id": sid, "category_id": thing, "isthing": True, "iscrowd": 0}
+        for sid, _, thing, *_ in SHAPES
+    ]
     record = {
-        "file_name": paths["image"], "height": H, "width": W, "image_id": 1,
-        "sem_seg_file_name": paths["sem"], "pan_seg_file_name": paths["pan"], "segments_info": segments,
+        "file_name": paths["image"],
+        "height": H,
+        "width": W,
+        "image_id": 1,
+        "sem_seg_file_name": paths["sem"],
+        "pan_seg_file_name": paths["pan"],
+        "segments_info": segments,
     }
     if with_annotations:
         record["annotations"] = [
             {
-                "bbox": [x0, y0, x1 + 1 - x0, y1 + 1 - y0], "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": thing, "iscrowd": 0,
+                "bbox": [x0, y0, x1 + 1 - x0, y1 + 1 - y0],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": thing,
+                "iscrowd": 0,
                 "segmentation": [[x0, y0, x1 + 1, y0, x1 + 1, y1 + 1, x0, y1 + 1]],
             }
             for _, _, thing, x0, y0, x1, y1 in SHAPES
@@ -78,8 +89,15 @@ def write_record(folder: str, with_annotations: bool):
 
 def mapper(augs):
     return Seg2DatasetMapper(
-        True, augmentations=augs, image_format="RGB", instances=True, num_classes=K,
-        ignore_label=255, weight_map=True, weight_map_w0=10.0, weight_map_sigma=5.0,
+        True,
+        augmentations=augs,
+        image_format="RGB",
+        instances=True,
+        num_classes=K,
+        ignore_label=255,
+        weight_map=True,
+        weight_map_w0=10.0,
+        weight_map_sigma=5.0,
     )
 
 
@@ -135,7 +153,9 @@ class TestAlignment(unittest.TestCase):
                 x0, y0 = int(got[0, 0, 0]), int(got[0, 0, 1])  # the window, read off the pixels
                 origins.add((x0, y0))
                 win = (slice(y0, y0 + 24), slice(x0, x0 + 30))
-                self.assertLessEqual(np.bincount(sem[win].ravel()).max() / sem[win].size, 0.6 + 1e-9)
+                self.assertLessEqual(
+                    np.bincount(sem[win].ravel()).max() / sem[win].size, 0.6 + 1e-9
+                )
                 sub_inst = inst[win]
                 present = [k for k in np.unique(sub_inst) if k]
                 relabel = np.zeros(len(SHAPES) + 1, np.int32)

@@ -1,6 +1,7 @@
 """solaris' real COCO export, registered as solaris_buildings_{train,val}: loaded against
 pycocotools on the raw file, images against tifffile + the documented min-max rule, and
 scored by Seg2COCOEvaluator (perfect masks 100 segm AP, no detections 0 AP)."""
+
 import importlib.util
 import json
 import os
@@ -47,12 +48,23 @@ class TestSolarisSample(unittest.TestCase):
                 self.assertEqual(g["bbox_mode"], BoxMode.XYWH_ABS)
                 np.testing.assert_allclose(g["bbox"], r["bbox"])
                 # pycocotools on the raw flat list (one polygon) vs what the loader made of it
-                ref = mask_util.decode(mask_util.frPyObjects([r["segmentation"]], 90, 90)).max(axis=2)
-                out = mask_util.decode(mask_util.merge(mask_util.frPyObjects(g["segmentation"], 90, 90)))
+                ref = mask_util.decode(mask_util.frPyObjects([r["segmentation"]], 90, 90)).max(
+                    axis=2
+                )
+                out = mask_util.decode(
+                    mask_util.merge(mask_util.frPyObjects(g["segmentation"], 90, 90))
+                )
                 np.testing.assert_array_equal(out, ref)
         report = last_report(f"{self.prefix}_val")
         self.assertTrue(report.ok)
-        self.assertEqual(len(report.notes["flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"]), 25)
+        self.assertEqual(
+            len(
+                report.notes[
+                    "flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"
+                ]
+            ),
+            25,
+        )
 
     def test_16_bit_tiles_scaled_by_min_max(self):
         import tifffile
@@ -72,13 +84,33 @@ class TestSolarisSample(unittest.TestCase):
         ev.reset()
         for d in self.dicts["val"]:
             inst = Instances((90, 90))
-            masks = [
-                mask_util.decode(mask_util.merge(mask_util.frPyObjects(a["segmentation"], 90, 90))).astype(bool)
-                for a in d["annotations"]
-            ] if perfect else []
+            masks = (
+                [
+                    mask_util.decode(
+                        mask_util.merge(mask_util.frPyObjects(a["segmentation"], 90, 90))
+                    ).astype(bool)
+                    for a in d["annotations"]
+                ]
+                if perfect
+                else []
+            )
             n = len(masks)
-            inst.pred_masks = torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, 90, 90), dtype=torch.bool)
-            inst.pred_boxes = Boxes(torch.tensor([BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in d["annotations"]], dtype=torch.float32).reshape(-1, 4) if n else torch.zeros(0, 4))
+            inst.pred_masks = (
+                torch.from_numpy(np.stack(masks))
+                if n
+                else torch.zeros((0, 90, 90), dtype=torch.bool)
+            )
+            inst.pred_boxes = Boxes(
+                torch.tensor(
+                    [
+                        BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+                        for a in d["annotations"]
+                    ],
+                    dtype=torch.float32,
+                ).reshape(-1, 4)
+                if n
+                else torch.zeros(0, 4)
+            )
             inst.scores = torch.ones(n)
             inst.pred_classes = torch.zeros(n, dtype=torch.int64)
             ev.process([{"image_id": d["image_id"]}], [{"instances": inst}])

@@ -2,10 +2,8 @@
 synthetic data is reported with its file, id, field and value, all problems of a pass
 together; conversions are noted with a count; the skip policy drops exactly the broken
 images. References are independent: the edit made to the input, pycocotools, PIL."""
-import copy
-import io
+
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -112,10 +110,17 @@ class TestCocoInstances(ValidationCase):
         shifted["bbox"] = [x + 40, y + 40, bw, bh]
         outside["bbox"] = [w + 10.0, 0.0, 5.0, 5.0]
         msg = self.problems(self.write(d))
-        self.assertIn(f"annotation {rle_ann['id']}: field 'segmentation.size' = [{h + 1}, {w}]", msg)
-        self.assertRegex(msg, rf"annotation {shifted['id']}: field 'bbox' = .*disagrees with the mask's box")
+        self.assertIn(
+            f"annotation {rle_ann['id']}: field 'segmentation.size' = [{h + 1}, {w}]", msg
+        )
+        self.assertRegex(
+            msg, rf"annotation {shifted['id']}: field 'bbox' = .*disagrees with the mask's box"
+        )
         self.assertIn("bbox AP the JSON 'bbox'", msg)
-        self.assertIn(f"annotation {outside['id']}: field 'bbox' = [{w + 10.0}, 0.0, 5.0, 5.0]: lies entirely outside", msg)
+        self.assertIn(
+            f"annotation {outside['id']}: field 'bbox' = [{w + 10.0}, 0.0, 5.0, 5.0]: lies entirely outside",
+            msg,
+        )
 
     def test_flat_polygon_is_converted_with_a_note(self):
         d = self.data
@@ -125,8 +130,20 @@ class TestCocoInstances(ValidationCase):
         dicts = load_coco_instances(self.write(d), self.images, name)
         report = last_report(name)
         self.assertTrue(report.ok)
-        self.assertEqual(len(report.notes["flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"]), 1)
-        loaded = next(a for r in dicts for a in r["annotations"] if a.get("id", None) == target["id"] or a["bbox"] == target["bbox"])
+        self.assertEqual(
+            len(
+                report.notes[
+                    "flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"
+                ]
+            ),
+            1,
+        )
+        loaded = next(
+            a
+            for r in dicts
+            for a in r["annotations"]
+            if a.get("id", None) == target["id"] or a["bbox"] == target["bbox"]
+        )
         self.assertEqual(loaded["segmentation"], [target["segmentation"]])
 
     def test_image_files(self):
@@ -143,11 +160,17 @@ class TestCocoInstances(ValidationCase):
         open(src[1], "wb").write(bytes(raw))
         ims[3]["height"] += 2
         msg = self.problems(self.write(d))
-        self.assertIn(f"missing.png: image {ims[0]['id']}: field 'file_name' = 'missing.png': image file not found", msg)
+        self.assertIn(
+            f"missing.png: image {ims[0]['id']}: field 'file_name' = 'missing.png': image file not found",
+            msg,
+        )
         self.assertIn(f"{src[0]}: image {ims[1]['id']}: field 'file_name'", msg)
         self.assertIn("truncated", msg)
         self.assertIn(f"{src[1]}: image {ims[2]['id']}: field 'file_name'", msg)
-        self.assertIn(f"image {ims[3]['id']}: field 'height/width' = [{ims[3]['height']}, {ims[3]['width']}]", msg)
+        self.assertIn(
+            f"image {ims[3]['id']}: field 'height/width' = [{ims[3]['height']}, {ims[3]['width']}]",
+            msg,
+        )
 
     def test_skip_policy_drops_exactly_the_broken_images(self):
         d = self.data
@@ -157,7 +180,9 @@ class TestCocoInstances(ValidationCase):
         name = unique("skip")
         with self.assertLogs("seg2.data.validate", "WARNING") as logs:
             dicts = load_coco_instances(self.write(d), self.images, name)
-        self.assertEqual({r["image_id"] for r in dicts}, {im["id"] for im in d["images"]} - {broken})
+        self.assertEqual(
+            {r["image_id"] for r in dicts}, {im["id"] for im in d["images"]} - {broken}
+        )
         text = "\n".join(logs.output)
         self.assertIn(f"skipping sample {broken}", text)
         self.assertIn("field 'category_id' = 99", text)
@@ -179,7 +204,11 @@ class TestImageConversions(unittest.TestCase):
             BitDepthRule("minmax"): np.round((v - 70) * 255 / (1200 - 70)),
             BitDepthRule("divisor", divisor=8.0): np.minimum(np.floor(v / 8), 255),
             BitDepthRule("percentile", percentiles=(10.0, 90.0)): np.clip(
-                np.round((v - np.percentile(v, 10)) * 255 / (np.percentile(v, 90) - np.percentile(v, 10))), 0, 255
+                np.round(
+                    (v - np.percentile(v, 10)) * 255 / (np.percentile(v, 90) - np.percentile(v, 10))
+                ),
+                0,
+                255,
             ),
         }
         for rule, ref in expected.items():
@@ -192,7 +221,9 @@ class TestImageConversions(unittest.TestCase):
 
         np.testing.assert_array_equal(d2_read(path, "RGB")[:, :, 0], np.minimum(self.u16, 255))
         _, notes = load_image(path)
-        self.assertEqual(notes, ["uint16 single-band image scaled to 8 bits by per-image min-max stretch"])
+        self.assertEqual(
+            notes, ["uint16 single-band image scaled to 8 bits by per-image min-max stretch"]
+        )
 
     def test_mode_notes_and_exif(self):
         rgb = np.zeros((6, 4, 3), np.uint8)
@@ -200,7 +231,10 @@ class TestImageConversions(unittest.TestCase):
         cases = {
             "gray.png": (Image.fromarray(rgb[:, :, 0]), "grayscale (L) image replicated"),
             "pal.png": (Image.fromarray(rgb).convert("P"), "palette (P) image converted to RGB"),
-            "rgba.png": (Image.fromarray(np.dstack([rgb, np.full((6, 4), 9, np.uint8)])), "alpha dropped"),
+            "rgba.png": (
+                Image.fromarray(np.dstack([rgb, np.full((6, 4), 9, np.uint8)])),
+                "alpha dropped",
+            ),
         }
         for name, (img, note) in cases.items():
             img.save(os.path.join(self.tmp, name))
@@ -222,8 +256,13 @@ class TestImageConversions(unittest.TestCase):
 class TestPanoptic(ValidationCase):
     def load(self, pan_json, meta=None, **kw):
         return load_coco_panoptic(
-            pan_json, self.images, f"{self.root}/panoptic_val", meta or panoptic_metadata(CATEGORIES),
-            dataset_name=unique("pan"), cache_dir=os.path.join(self.root, "cache"), **kw,
+            pan_json,
+            self.images,
+            f"{self.root}/panoptic_val",
+            meta or panoptic_metadata(CATEGORIES),
+            dataset_name=unique("pan"),
+            cache_dir=os.path.join(self.root, "cache"),
+            **kw,
         )
 
     def test_png_json_disagreement(self):
@@ -242,18 +281,26 @@ class TestPanoptic(ValidationCase):
             self.load(self.write(pan, "pan.json"))
         msg = str(ctx.exception)
         ids = [a["image_id"] for a in anns]
-        self.assertIn(f"pan.json: image {ids[0]}: field 'segments_info' = [{dropped['id']}]: segment id(s) in {anns[0]['file_name']} but not in the JSON", msg)
-        self.assertIn(f"pan.json: image {ids[1]}: field 'segments_info' = [4242]: segment id(s) in the JSON but not in", msg)
+        self.assertIn(
+            f"pan.json: image {ids[0]}: field 'segments_info' = [{dropped['id']}]: segment id(s) in {anns[0]['file_name']} but not in the JSON",
+            msg,
+        )
+        self.assertIn(
+            f"pan.json: image {ids[1]}: field 'segments_info' = [4242]: segment id(s) in the JSON but not in",
+            msg,
+        )
         self.assertIn(f"{gray}: image {ids[2]}: field 'pan_seg_file_name'", msg)
         self.assertIn("mode L; COCO panoptic PNGs are RGB", msg)
         self.assertIn(f"{small}: image {ids[3]}: field 'size' = [20, 20]", msg)
-        self.assertIn(f"field 'category_id' = 98", msg)
+        self.assertIn("field 'category_id' = 98", msg)
         self.assertIn(f"category {pan['categories'][0]['id']}: field 'isthing' = '<missing>'", msg)
 
     def test_image_without_annotation(self):
         pan = json.load(open(f"{self.root}/annotations/panoptic_val.json"))
         lost = pan["annotations"].pop()
-        with self.assertRaisesRegex(InputError, f"image {lost['image_id']}: field 'annotations' = '<none>'"):
+        with self.assertRaisesRegex(
+            InputError, f"image {lost['image_id']}: field 'annotations' = '<none>'"
+        ):
             self.load(self.write(pan, "pan.json"))
 
     def test_derived_semantic_cache_follows_the_json(self):
@@ -298,7 +345,9 @@ class TestSemantic(ValidationCase):
             load_semantic(self.images, labels, names, unique("sem"))
         msg = str(ctx.exception)
         stem = os.path.splitext(files[0])[0]
-        self.assertIn(f"image '{stem}': field 'sem_seg_file_name' = '{stem}.png': no label in {labels}", msg)
+        self.assertIn(
+            f"image '{stem}': field 'sem_seg_file_name' = '{stem}.png': no label in {labels}", msg
+        )
         self.assertIn(f"{big}: label of", msg)
         self.assertIn("field 'value' = [9]: >= the 7 classes and not the ignore label 255", msg)
         self.assertIn(f"field 'size' = [10, {arr.shape[1]}]", msg)
@@ -328,7 +377,9 @@ class TestRegisteredDatasets(ValidationCase):
 
         cfg = get_seg2_cfg()
         name = unique("cfgsem")
-        cfg.DATASETS.SEG2.SEMANTIC = [[name, self.images, f"{self.root}/semantic_val", "a,b,c,d,e,f,g"]]
+        cfg.DATASETS.SEG2.SEMANTIC = [
+            [name, self.images, f"{self.root}/semantic_val", "a,b,c,d,e,f,g"]
+        ]
         cfg.DATASETS.SEG2.ON_BAD_SAMPLE = "skip"
         register_from_config(cfg)
         reports = validate_datasets(cfg, [name])

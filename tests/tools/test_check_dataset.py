@@ -5,6 +5,7 @@ tools/check_dataset.py checks several broken datasets in one run (each is report
 stops the others); tools/evaluate.py scores an empty prediction set as 0 AP and refuses a
 ground truth with duplicate ids; tools/train_net.py stops before training on a broken
 dataset and trains + evaluates on solaris' real COCO export (flat polygons, uint16 TIFFs)."""
+
 import json
 import os
 import shutil
@@ -25,7 +26,12 @@ def run_tool(args, timeout=600, env_root=None):
     if env_root:
         env["DETECTRON2_DATASETS"] = env_root
     proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -61,15 +67,36 @@ class TestCheckDataset(unittest.TestCase):
                 ["bad_json", f"{root}/annotations/malformed.json", f"{root}/images/val"],
             ],
             "COCO_PANOPTIC": [
-                ["bad_pan", f"{root}/images/val", f"{root}/panoptic_val", f"{root}/annotations/panoptic_val.json"]
+                [
+                    "bad_pan",
+                    f"{root}/images/val",
+                    f"{root}/panoptic_val",
+                    f"{root}/annotations/panoptic_val.json",
+                ]
             ],
-            "SEMANTIC": [["bad_sem", f"{root}/images/val", f"{root}/semantic_val", "a,b,c,d,e,f,g"]],
+            "SEMANTIC": [
+                ["bad_sem", f"{root}/images/val", f"{root}/semantic_val", "a,b,c,d,e,f,g"]
+            ],
         }
         yaml.safe_dump({"DATASETS": {"SEG2": seg2}}, open(cfg, "w"))
-        rc, out, err = run_tool(["tools/check_dataset.py", "--config-file", cfg, "--datasets",
-                                 "bad_inst", "bad_json", "bad_pan", "bad_sem", "solaris_buildings_val",
-                                 "INPUT.SEG2.BIT_DEPTH.METHOD", "divisor", "INPUT.SEG2.BIT_DEPTH.DIVISOR", "16.0"],
-                                env_root=os.path.dirname(root))
+        rc, out, err = run_tool(
+            [
+                "tools/check_dataset.py",
+                "--config-file",
+                cfg,
+                "--datasets",
+                "bad_inst",
+                "bad_json",
+                "bad_pan",
+                "bad_sem",
+                "solaris_buildings_val",
+                "INPUT.SEG2.BIT_DEPTH.METHOD",
+                "divisor",
+                "INPUT.SEG2.BIT_DEPTH.DIVISOR",
+                "16.0",
+            ],
+            env_root=os.path.dirname(root),
+        )
         self.assertEqual(rc, 2, out + err)  # 2: one dataset is unusable as a whole
         self.assertNotIn("Traceback", out + err)
         a0 = ann["annotations"][0]
@@ -94,8 +121,18 @@ class TestEvaluateEdgeCases(unittest.TestCase):
         empty = os.path.join(tmp, "empty.json")
         json.dump([], open(empty, "w"))
         out_json = os.path.join(tmp, "m.json")
-        rc, out, err = run_tool(["tools/evaluate.py", "instances", "--gt-json", gt, "--pred-json", empty,
-                                 "--output", out_json])
+        rc, out, err = run_tool(
+            [
+                "tools/evaluate.py",
+                "instances",
+                "--gt-json",
+                gt,
+                "--pred-json",
+                empty,
+                "--output",
+                out_json,
+            ]
+        )
         self.assertEqual(rc, 0, err)
         metrics = json.load(open(out_json))
         self.assertEqual((metrics["bbox"]["AP"], metrics["segm"]["AP"]), (0.0, 0.0))
@@ -104,16 +141,31 @@ class TestEvaluateEdgeCases(unittest.TestCase):
         data["images"].append(dict(data["images"][0]))  # duplicate image id
         bad = os.path.join(tmp, "dup.json")
         json.dump(data, open(bad, "w"))
-        rc, out, err = run_tool(["tools/evaluate.py", "instances", "--gt-json", bad, "--pred-json", empty])
+        rc, out, err = run_tool(
+            ["tools/evaluate.py", "instances", "--gt-json", bad, "--pred-json", empty]
+        )
         self.assertEqual(rc, 2)
         self.assertNotIn("Traceback", out + err)
         self.assertIn(f"dup.json: image {data['images'][0]['id']}: field 'id'", err)
 
 
 class TestTrainNetData(unittest.TestCase):
-    SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
-             "DATALOADER.NUM_WORKERS", "0", "TEST.SEG2.NUM_VIS", "0", "MODEL.DEVICE", "cpu",
-             "SOLVER.MAX_ITER", "1"]
+    SMALL = [
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.STEPS",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.SEG2.NUM_VIS",
+        "0",
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.MAX_ITER",
+        "1",
+    ]
     CFG = "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml"
 
     def test_broken_test_set_stops_before_training(self):
@@ -121,23 +173,56 @@ class TestTrainNetData(unittest.TestCase):
         root, ann, truncated, _, _ = broken_copy()
         out_dir = os.path.join(os.path.dirname(root), "out")
         entry = f'[["bad_inst", "{root}/annotations/bad_instances.json", "{root}/images/val"]]'
-        rc, out, err = run_tool(["tools/train_net.py", "--config-file", self.CFG, "OUTPUT_DIR", out_dir,
-                                 "DATASETS.SEG2.COCO_INSTANCES", entry, "DATASETS.TEST", '("bad_inst",)',
-                                 *self.SMALL], env_root=os.path.dirname(root))
+        rc, out, err = run_tool(
+            [
+                "tools/train_net.py",
+                "--config-file",
+                self.CFG,
+                "OUTPUT_DIR",
+                out_dir,
+                "DATASETS.SEG2.COCO_INSTANCES",
+                entry,
+                "DATASETS.TEST",
+                '("bad_inst",)',
+                *self.SMALL,
+            ],
+            env_root=os.path.dirname(root),
+        )
         self.assertNotEqual(rc, 0)
-        self.assertIn(f"bad_instances.json: annotation {ann['annotations'][0]['id']}: field 'category_id' = 99", err)
+        self.assertIn(
+            f"bad_instances.json: annotation {ann['annotations'][0]['id']}: field 'category_id' = 99",
+            err,
+        )
         self.assertIn(f"{truncated}: image", err)
         self.assertNotIn("Starting training", out + err)
 
     def test_trains_and_evaluates_on_solaris_export(self):
         out_dir = tempfile.mkdtemp(prefix="seg2-solaris-")
-        rc, out, err = run_tool(["tools/train_net.py", "--config-file", self.CFG, "OUTPUT_DIR", out_dir,
-                                 "DATASETS.TRAIN", '("solaris_buildings_train",)',
-                                 "DATASETS.TEST", '("solaris_buildings_val",)',
-                                 "MODEL.ROI_HEADS.NUM_CLASSES", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)",
-                                 "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
-                                 "INPUT.MAX_SIZE_TEST", "128", *self.SMALL],
-                                env_root=os.path.join(out_dir, "datasets"))
+        rc, out, err = run_tool(
+            [
+                "tools/train_net.py",
+                "--config-file",
+                self.CFG,
+                "OUTPUT_DIR",
+                out_dir,
+                "DATASETS.TRAIN",
+                '("solaris_buildings_train",)',
+                "DATASETS.TEST",
+                '("solaris_buildings_val",)',
+                "MODEL.ROI_HEADS.NUM_CLASSES",
+                "1",
+                "INPUT.MIN_SIZE_TRAIN",
+                "(96,)",
+                "INPUT.MAX_SIZE_TRAIN",
+                "128",
+                "INPUT.MIN_SIZE_TEST",
+                "96",
+                "INPUT.MAX_SIZE_TEST",
+                "128",
+                *self.SMALL,
+            ],
+            env_root=os.path.join(out_dir, "datasets"),
+        )
         log = out + err
         self.assertEqual(rc, 0, log[-4000:])
         self.assertIn("flat polygon list", log)

@@ -16,9 +16,9 @@ chunk; then the figures are checked against chunked evaluations:
     python -c "from benchmarks.load import main; main()"   # with tools/ on sys.path
     python tools/benchmarks/load.py --num-images 3000
 """
+
 import argparse
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -66,7 +66,10 @@ def _replicate(root: str, out: str, num_images: int) -> Dict[str, str]:
             annotations.append(dict(a, id=next_id, image_id=k))
             next_id += 1
         pan_anns.append(dict(pan_by[src["id"]], image_id=k))
-    paths = {"instances": os.path.join(out, "instances.json"), "panoptic": os.path.join(out, "panoptic.json")}
+    paths = {
+        "instances": os.path.join(out, "instances.json"),
+        "panoptic": os.path.join(out, "panoptic.json"),
+    }
     json.dump(dict(inst, images=images, annotations=annotations), open(paths["instances"], "w"))
     json.dump(dict(pan, images=images, annotations=pan_anns), open(paths["panoptic"], "w"))
     return paths
@@ -84,15 +87,25 @@ def _predictions(root: str, seed: int):
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     meta = panoptic_metadata(CATEGORIES)
-    thing_map, stuff_map = meta["thing_dataset_id_to_contiguous_id"], meta["stuff_dataset_id_to_contiguous_id"]
+    thing_map, stuff_map = (
+        meta["thing_dataset_id_to_contiguous_id"],
+        meta["stuff_dataset_id_to_contiguous_id"],
+    )
     inst = json.load(open(os.path.join(root, "annotations", "instances_val.json")))
-    pan = {a["image_id"]: a for a in json.load(open(os.path.join(root, "annotations", "panoptic_val.json")))["annotations"]}
+    pan = {
+        a["image_id"]: a
+        for a in json.load(open(os.path.join(root, "annotations", "panoptic_val.json")))[
+            "annotations"
+        ]
+    }
     k = len(meta["stuff_classes"])
     out = {}
     for im in inst["images"]:
         h, w = im["height"], im["width"]
         stem = os.path.splitext(im["file_name"])[0]
-        gt = torch.from_numpy(read_label_png(os.path.join(root, "semantic_val", stem + ".png")).astype(np.int64))
+        gt = torch.from_numpy(
+            read_label_png(os.path.join(root, "semantic_val", stem + ".png")).astype(np.int64)
+        )
         logits = torch.randn((k, h, w), generator=g)
         logits += 2.0 * torch.nn.functional.one_hot(gt.clamp(max=k - 1), k).permute(2, 0, 1)
         masks, classes, scores = [], [], []
@@ -100,16 +113,24 @@ def _predictions(root: str, seed: int):
             if a["image_id"] != im["id"] or a.get("iscrowd", 0) or rng.random() < 0.1:
                 continue
             seg = a["segmentation"]
-            rle = mask_util.merge(mask_util.frPyObjects(seg, h, w)) if isinstance(seg, list) else seg
+            rle = (
+                mask_util.merge(mask_util.frPyObjects(seg, h, w)) if isinstance(seg, list) else seg
+            )
             if isinstance(rle.get("counts"), list):
                 rle = mask_util.frPyObjects(rle, h, w)
-            m = np.roll(mask_util.decode(rle).astype(bool), tuple(int(v) for v in rng.integers(-2, 3, 2)), (0, 1))
+            m = np.roll(
+                mask_util.decode(rle).astype(bool),
+                tuple(int(v) for v in rng.integers(-2, 3, 2)),
+                (0, 1),
+            )
             for _ in range(1 + int(rng.random() < 0.2)):
                 masks.append(m)
                 classes.append(thing_map[a["category_id"]])
                 scores.append(float(rng.random()))
         ins = Instances((h, w))
-        ins.pred_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.bool)
+        ins.pred_masks = (
+            torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.bool)
+        )
         ins.pred_boxes = Boxes(ins.pred_masks.float().new_zeros((len(masks), 4)))
         if masks:
             from detectron2.structures import BitMasks
@@ -120,7 +141,9 @@ def _predictions(root: str, seed: int):
         p = pan[im["id"]]
         ids = read_panoptic_png(os.path.join(root, "panoptic_val", p["file_name"]))
         segs = list(p["segments_info"])
-        stuff = [s for s in segs if s["category_id"] in stuff_map and s["category_id"] not in thing_map]
+        stuff = [
+            s for s in segs if s["category_id"] in stuff_map and s["category_id"] not in thing_map
+        ]
         if stuff:
             ids[ids == 0] = stuff[0]["id"]
         things = [s for s in segs if s["category_id"] in thing_map and not s.get("iscrowd", 0)]
@@ -130,7 +153,11 @@ def _predictions(root: str, seed: int):
         info = [
             {
                 "id": s["id"],
-                "category_id": thing_map[s["category_id"]] if s["category_id"] in thing_map else stuff_map[s["category_id"]],
+                "category_id": (
+                    thing_map[s["category_id"]]
+                    if s["category_id"] in thing_map
+                    else stuff_map[s["category_id"]]
+                ),
                 "isthing": s["category_id"] in thing_map,
             }
             for s in segs
@@ -141,7 +168,11 @@ def _predictions(root: str, seed: int):
 
 
 def run_load_benchmark(
-    num_images: int = 3000, base: int = 40, size: int = 64, chunk: int = 500, seed: int = 0,
+    num_images: int = 3000,
+    base: int = 40,
+    size: int = 64,
+    chunk: int = 500,
+    seed: int = 0,
     log_every: Optional[int] = None,
 ) -> Dict:
     """Evaluate ``num_images`` images with every evaluator in one pass (see module doc).
@@ -159,7 +190,12 @@ def run_load_benchmark(
     from seg2.evaluation.coco import Seg2COCOEvaluator, evaluate_coco_files
     from seg2.evaluation.panoptic import Seg2PanopticEvaluator
     from seg2.evaluation.pq import PQStat, panoptic_categories, pq_compute_single, pq_results
-    from seg2.evaluation.semantic import ConfusionMatrix, Seg2SemSegEvaluator, argmax_channels, semantic_metrics
+    from seg2.evaluation.semantic import (
+        ConfusionMatrix,
+        Seg2SemSegEvaluator,
+        argmax_channels,
+        semantic_metrics,
+    )
     from seg2.io import read_label_png, read_panoptic_png
 
     tmp = tempfile.mkdtemp(prefix="seg2-load-")
@@ -172,17 +208,25 @@ def run_load_benchmark(
     records = [
         {
             "file_name": os.path.join(root, "images", "val", im["file_name"]),
-            "image_id": im["id"], "height": im["height"], "width": im["width"],
-            "sem_seg_file_name": os.path.join(root, "semantic_val", os.path.splitext(im["file_name"])[0] + ".png"),
+            "image_id": im["id"],
+            "height": im["height"],
+            "width": im["width"],
+            "sem_seg_file_name": os.path.join(
+                root, "semantic_val", os.path.splitext(im["file_name"])[0] + ".png"
+            ),
         }
         for im in images
     ]
     name = f"seg2_load_{os.getpid()}_{id(records)}"
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(
-        json_file=paths["instances"], panoptic_json=paths["panoptic"],
-        panoptic_root=os.path.join(root, "panoptic_val"), stuff_classes=meta["stuff_classes"],
-        thing_classes=meta["thing_classes"], ignore_label=IGNORE_LABEL, label_divisor=1000,
+        json_file=paths["instances"],
+        panoptic_json=paths["panoptic"],
+        panoptic_root=os.path.join(root, "panoptic_val"),
+        stuff_classes=meta["stuff_classes"],
+        thing_classes=meta["thing_classes"],
+        ignore_label=IGNORE_LABEL,
+        label_divisor=1000,
         thing_dataset_id_to_contiguous_id=meta["thing_dataset_id_to_contiguous_id"],
         stuff_dataset_id_to_contiguous_id=meta["stuff_dataset_id_to_contiguous_id"],
     )
@@ -190,7 +234,9 @@ def run_load_benchmark(
     out_dir = os.path.join(tmp, "eval")
     evaluators = {
         "semantic": Seg2SemSegEvaluator(name, distributed=False),
-        "coco": Seg2COCOEvaluator(name, distributed=False, output_dir=os.path.join(out_dir, "coco")),
+        "coco": Seg2COCOEvaluator(
+            name, distributed=False, output_dir=os.path.join(out_dir, "coco")
+        ),
         "panoptic": Seg2PanopticEvaluator(name, distributed=False, num_workers=1),
     }
     for ev in evaluators.values():
@@ -236,17 +282,32 @@ def run_load_benchmark(
     pan_ids = {}
     for start in range(0, len(records), chunk):
         part = PQStat()
-        for r, a in zip(records[start : start + chunk], pan_gt["annotations"][start : start + chunk]):
+        for r, a in zip(
+            records[start : start + chunk], pan_gt["annotations"][start : start + chunk]
+        ):
             ids, info = preds[os.path.basename(r["file_name"])][2]
-            segs = [dict(s, category_id=(thing_to_dataset if s["isthing"] else to_dataset)[s["category_id"]]) for s in info]
-            gt_ids = pan_ids.setdefault(a["file_name"], read_panoptic_png(os.path.join(root, "panoptic_val", a["file_name"])))
+            segs = [
+                dict(
+                    s,
+                    category_id=(thing_to_dataset if s["isthing"] else to_dataset)[
+                        s["category_id"]
+                    ],
+                )
+                for s in info
+            ]
+            gt_ids = pan_ids.setdefault(
+                a["file_name"],
+                read_panoptic_png(os.path.join(root, "panoptic_val", a["file_name"])),
+            )
             part += pq_compute_single(gt_ids, a["segments_info"], ids.numpy(), segs, cats)
         pq_total += part
     pq_chunks = pq_results(pq_total, cats)
 
     # COCO: the run's results re-scored by pycocotools
     coco_offline = evaluate_coco_files(
-        paths["instances"], os.path.join(out_dir, "coco", "coco_instances_results.json"), backend="pycocotools"
+        paths["instances"],
+        os.path.join(out_dir, "coco", "coco_instances_results.json"),
+        backend="pycocotools",
     )
 
     def diff(a: Dict, b: Dict) -> float:
@@ -258,31 +319,68 @@ def run_load_benchmark(
         return worst
 
     rows = [
-        {"evaluator": "Seg2SemSegEvaluator", "figure": "mIoU", "value": results["semantic"]["sem_seg"]["mIoU"],
-         "check": "sum of per-chunk confusion matrices", "max_abs_diff": diff(results["semantic"]["sem_seg"], sem_chunks),
-         "seconds": seconds["semantic"]},
-        {"evaluator": "Seg2COCOEvaluator", "figure": "segm AP", "value": results["coco"]["segm"]["AP"],
-         "check": "results file re-scored by pycocotools",
-         "max_abs_diff": max(diff(results["coco"][t], coco_offline[t]) for t in ("bbox", "segm")),
-         "seconds": seconds["coco"]},
-        {"evaluator": "Seg2PanopticEvaluator", "figure": "PQ", "value": results["panoptic"]["panoptic_seg"]["PQ"],
-         "check": "sum of per-chunk PQ statistics", "max_abs_diff": diff(results["panoptic"]["panoptic_seg"], pq_chunks),
-         "seconds": seconds["panoptic"]},
+        {
+            "evaluator": "Seg2SemSegEvaluator",
+            "figure": "mIoU",
+            "value": results["semantic"]["sem_seg"]["mIoU"],
+            "check": "sum of per-chunk confusion matrices",
+            "max_abs_diff": diff(results["semantic"]["sem_seg"], sem_chunks),
+            "seconds": seconds["semantic"],
+        },
+        {
+            "evaluator": "Seg2COCOEvaluator",
+            "figure": "segm AP",
+            "value": results["coco"]["segm"]["AP"],
+            "check": "results file re-scored by pycocotools",
+            "max_abs_diff": max(
+                diff(results["coco"][t], coco_offline[t]) for t in ("bbox", "segm")
+            ),
+            "seconds": seconds["coco"],
+        },
+        {
+            "evaluator": "Seg2PanopticEvaluator",
+            "figure": "PQ",
+            "value": results["panoptic"]["panoptic_seg"]["PQ"],
+            "check": "sum of per-chunk PQ statistics",
+            "max_abs_diff": diff(results["panoptic"]["panoptic_seg"], pq_chunks),
+            "seconds": seconds["panoptic"],
+        },
     ]
     return {
-        "num_images": num_images, "base_images": base, "size": size, "chunk": chunk,
-        "rows": rows, "rss_mb": rss, "peak_rss_mb": round(_peak_mb(), 1),
+        "num_images": num_images,
+        "base_images": base,
+        "size": size,
+        "chunk": chunk,
+        "rows": rows,
+        "rss_mb": rss,
+        "peak_rss_mb": round(_peak_mb(), 1),
     }
 
 
 def format_load_table(res: Dict) -> str:
     from tabulate import tabulate
 
-    rows = [[r["evaluator"], f"{r['figure']}={r['value']:.2f}", r["check"], f"{r['max_abs_diff']:.1e}",
-             f"{r['seconds']:.1f}"] for r in res["rows"]]
-    head = (f"{res['num_images']} images ({res['base_images']} distinct, {res['size']}px), "
-            f"chunks of {res['chunk']}; RSS after each chunk (MiB): {res['rss_mb']}; peak {res['peak_rss_mb']} MiB")
-    return head + "\n" + tabulate(rows, headers=["evaluator", "figure", "chunk check", "max |diff|", "s"], tablefmt="pipe")
+    rows = [
+        [
+            r["evaluator"],
+            f"{r['figure']}={r['value']:.2f}",
+            r["check"],
+            f"{r['max_abs_diff']:.1e}",
+            f"{r['seconds']:.1f}",
+        ]
+        for r in res["rows"]
+    ]
+    head = (
+        f"{res['num_images']} images ({res['base_images']} distinct, {res['size']}px), "
+        f"chunks of {res['chunk']}; RSS after each chunk (MiB): {res['rss_mb']}; peak {res['peak_rss_mb']} MiB"
+    )
+    return (
+        head
+        + "\n"
+        + tabulate(
+            rows, headers=["evaluator", "figure", "chunk check", "max |diff|", "s"], tablefmt="pipe"
+        )
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -294,7 +392,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--output", help="write the figures as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    res = run_load_benchmark(args.num_images, args.base, args.size, args.chunk, log_every=args.chunk)
+    res = run_load_benchmark(
+        args.num_images, args.base, args.size, args.chunk, log_every=args.chunk
+    )
     print(format_load_table(res))
     if args.output:
         json.dump(res, open(args.output, "w"), indent=2, default=float)
