@@ -1,7 +1,7 @@
 """The building footprints that ``solaris==0.4.0`` ships: a real COCO export of aerial tiles.
 
 ``solaris/data/coco_sample_3.json`` annotates 100 tiles of 90x90 pixels (single-band uint16
-GeoTIFFs in ``solaris/data/rastertile_test_expected/``, values ~100-2500) with 89 building
+GeoTIFFs in ``solaris/data/rastertile_test_expected/``, values 54-6615) with 89 building
 polygons of one category (id 1, named "other" by the export). It is messy the way real
 exports are, which is why it is here: every polygon is written as one flat list of numbers
 instead of a list of polygons, a few boxes differ from their polygon's extent, one polygon
