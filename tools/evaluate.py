@@ -89,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
 
         return evaluate_coco_files(args.gt_json, args.pred_json, args.iou_types, args.backend)
     if args.command == "panoptic":
-        from seg2.data.checks import check_coco_panoptic_json
+        from seg2.data.check_annotations import check_coco_panoptic_json
         from seg2.data.validate import ValidationReport
         from seg2.evaluation.pq import pq_compute_files
         from seg2.io import InputError, read_json

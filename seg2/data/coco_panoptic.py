@@ -12,7 +12,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..io import InputError, read_json, read_panoptic_png, write_png
-from .checks import check_coco_panoptic_json, check_dataset_dicts
+from .check_annotations import check_coco_panoptic_json
+from .check_files import check_dataset_dicts
 from .coco import check_coco_instances, keep_images, load_coco_dicts
 from .validate import ValidationReport, finish_validation, validation_options
 from .synthetic.meta import IGNORE_LABEL

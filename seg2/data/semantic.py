@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..io import InputError
-from .checks import check_dataset_dicts
+from .check_files import check_dataset_dicts
 from .synthetic.meta import IGNORE_LABEL
 from .validate import ValidationReport, finish_validation, validation_options
 

@@ -7,7 +7,7 @@ is the user's choice (``DATASETS.SEG2.ON_BAD_SAMPLE``): ``"error"`` stops with t
 sample usable (a flat polygon list, a grayscale or 16-bit image) are not problems but are
 reported once per kind with a count, so nothing is altered silently.
 
-The checks for each format live in :mod:`.checks`; the loaders of :mod:`.coco`,
+The checks live in :mod:`.check_annotations` (JSON) and :mod:`.check_files` (files); the loaders of :mod:`.coco`,
 :mod:`.coco_panoptic` and :mod:`.semantic` call them, and :func:`validate_datasets` covers any
 other registered dataset (Cityscapes, the real samples) through its dataset dicts.
 """
@@ -195,7 +195,7 @@ def _sample_key(d: Dict) -> Hashable:
 def _checked_dicts(name: str, loader: Callable[[], List[Dict]]) -> List[Dict]:
     """Run ``loader``; if it is not one of seg2's validating loaders (Cityscapes, the real
     samples, a user's own ``DatasetCatalog.register``), check its dicts here."""
-    from .checks import check_dataset_dicts
+    from .check_files import check_dataset_dicts
 
     _REPORTS.pop(name, None)
     dicts = loader()

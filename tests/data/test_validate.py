@@ -1,4 +1,4 @@
-"""The validation pass (seg2.data.validate / checks): each broken input built from the
+"""The validation pass (seg2.data.validate, check_annotations, check_files): each broken input built from the
 synthetic data is reported with its file, id, field and value, all problems of a pass
 together; conversions are noted with a count; the skip policy drops exactly the broken
 images. References are independent: the edit made to the input, pycocotools, PIL."""
