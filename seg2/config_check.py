@@ -30,11 +30,19 @@ class ConfigError(InputError):
 
 
 def nearest(word: str, choices: Iterable[str], n: int = 3) -> List[str]:
-    """Up to ``n`` of ``choices`` closest to ``word`` (difflib ratio, case-insensitive)."""
-    choices = list(choices)
+    """Up to ``n`` of ``choices`` closest to ``word`` (difflib ratio >= 0.6, case-insensitive),
+    keeping only those about as close as the best."""
     lower = {c.lower(): c for c in choices}
-    hits = difflib.get_close_matches(word.lower(), list(lower), n=n, cutoff=0.5)
-    return [lower[h] for h in hits]
+    scored = []
+    for low, orig in lower.items():
+        ratio = difflib.SequenceMatcher(None, word.lower(), low).ratio()
+        if ratio >= 0.6:
+            scored.append((-ratio, orig))
+    scored.sort()
+    if not scored:
+        return []
+    best = -scored[0][0]
+    return [orig for r, orig in scored[:n] if -r >= best - 0.08]
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -54,11 +62,20 @@ def _all_keys(node: CfgNode, prefix: str = "") -> List[str]:
 
 
 def _suggest_key(bad: str, cfg: CfgNode) -> str:
-    """Nearest valid key: siblings under the same (valid) parent first, then any key."""
+    """Nearest valid keys of the same depth under the longest valid prefix of ``bad``
+    (``MODEL.SEG2.FUSON.NAME`` -> ``MODEL.SEG2.FUSION.NAME``), compared on the differing part."""
     keys = _all_keys(cfg)
-    parent = bad.rpartition(".")[0]
-    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
-    return _did_you_mean(bad, siblings) or _did_you_mean(bad, keys)
+    parts = bad.split(".")
+    valid = set(keys)
+    n = 0
+    while n < len(parts) and ".".join(parts[: n + 1]) in valid:
+        n += 1
+    prefix = ".".join(parts[:n]) + "." if n else ""
+    rest = ".".join(parts[n:])
+    same_depth = [k for k in keys if k.startswith(prefix) and k.count(".") == bad.count(".")]
+    pool = same_depth or [k for k in keys if k.startswith(prefix)]
+    hits = nearest(rest, [k[len(prefix):] for k in pool])
+    return f"; did you mean {' or '.join(prefix + h for h in hits)}?" if hits else ""
 
 
 # ---- which file of a _BASE_ chain holds a key

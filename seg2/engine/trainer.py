@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.dataset_mapper import Seg2DatasetMapper
 from ..evaluation.build import build_evaluators
 from .checkpoint import AtomicCheckpointer
-from .divergence import stop_on_non_finite_losses
+from .divergence import TrainingDivergedError, stop_on_non_finite_losses
 from .resume import (
     CaptureTrainingState,
     ResumableTrainLoader,
@@ -87,6 +87,13 @@ class Seg2Trainer(DefaultTrainer):
     def run_step(self):
         try:
             super().run_step()
+        except FloatingPointError as e:  # Detectron2's own divergence checks (RPN, summed loss)
+            self.failed = True
+            raise TrainingDivergedError(
+                f"training stopped at iteration {self.iter}: {str(e).splitlines()[0]} The newest "
+                f"checkpoint, {self._newest_checkpoint()}, is from before; lower SOLVER.BASE_LR, "
+                "lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then --resume"
+            ) from e
         except BaseException:
             self.failed = True  # keeps the end-of-training evaluation off a failed run
             raise
