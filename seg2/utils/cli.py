@@ -84,6 +84,18 @@ _FILTER = _HideUserErrorTracebacks()
 _EXCEPTION_LOGGERS = ("detectron2.engine.train_loop", "detectron2.engine.hooks")
 
 
+def user_message(exc: BaseException) -> str:
+    """The exception's own message. PyTorch re-raises an error from a DataLoader worker with
+    the worker's traceback pasted into the message; only the original message is kept."""
+    msg = str(exc)
+    if "\nOriginal Traceback (most recent call last):" in msg:
+        marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        if marker in msg:
+            return msg.rsplit(marker, 1)[1].strip()
+        return msg.strip().splitlines()[-1]
+    return msg
+
+
 def _report(exc: BaseException) -> None:
     prefix = ""
     try:
@@ -93,7 +105,7 @@ def _report(exc: BaseException) -> None:
             prefix = f"[rank {comm.get_rank()}] "
     except Exception:  # detectron2 not importable: single process
         pass
-    print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
+    print(f"{prefix}error: {user_message(exc)}", file=sys.stderr, flush=True)
 
 
 def user_errors(func: Optional[Callable] = None, *, return_code: bool = False) -> Callable:
