@@ -88,7 +88,7 @@ class TestTwoProcessEvaluation(unittest.TestCase):
         out = os.path.join(self.tmp, name + "_2")
         tests = "(" + "".join(f"'synthetic_{s}'," for s in SETUPS[name][1]) + ")"
         proc = subprocess.run(
-            [sys.executable, "tools/train_net.py", "--num-gpus", "2", "--eval-only", "--config-file",
+            [sys.executable, "tools/train_net.py", "--num-gpus", "2", "--dist-url", "auto", "--eval-only", "--config-file",
              os.path.join("configs", PANOPTIC_CFG), *COMMON, *SETUPS[name][0], "DATASETS.TEST", tests,
              "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out],
             cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=600,

@@ -61,7 +61,7 @@ class TestTrainNet(unittest.TestCase):
 
     def test_two_process_gloo(self):
         out = os.path.join(self.out, "ddp")
-        log = run(["--num-gpus", "2", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "2", "TEST.SEG2.NUM_VIS", "0",
+        log = run(["--num-gpus", "2", "--dist-url", "auto", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "2", "TEST.SEG2.NUM_VIS", "0",
                    *SMALL], self.root)
         self.assertIn("world size: 2", log.lower().replace("world_size", "world size"))
         self.assertTrue(os.path.isfile(os.path.join(out, "eval_results.json")))

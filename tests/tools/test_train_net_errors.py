@@ -48,7 +48,7 @@ class TestTrainNetErrors(unittest.TestCase):
         self.assertIn("ConfigError", log)
 
     def test_two_processes(self):
-        code, log, _, _ = self.run_tool("--num-gpus", "2", "--config-file", INSTANCE, *SMALL,
+        code, log, _, _ = self.run_tool("--num-gpus", "2", "--dist-url", "auto", "--config-file", INSTANCE, *SMALL,
                                         "MODEL.ROI_HEADS.NUM_CLASSES", "2")
         self.assertEqual(code, 2, log[-3000:])
         self.assertNotIn("Traceback", log)
