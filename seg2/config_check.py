@@ -8,6 +8,7 @@ that names where the value came from and what would be valid.
   dataset names, ``NUM_CLASSES`` of the ROI and semantic heads against the training data's
   metadata, and ``MODEL.WEIGHTS``.
 """
+
 import difflib
 import logging
 import os
@@ -74,7 +75,7 @@ def _suggest_key(bad: str, cfg: CfgNode) -> str:
     rest = ".".join(parts[n:])
     same_depth = [k for k in keys if k.startswith(prefix) and k.count(".") == bad.count(".")]
     pool = same_depth or [k for k in keys if k.startswith(prefix)]
-    hits = nearest(rest, [k[len(prefix):] for k in pool])
+    hits = nearest(rest, [k[len(prefix) :] for k in pool])
     return f"; did you mean {' or '.join(prefix + h for h in hits)}?" if hits else ""
 
 
@@ -262,7 +263,9 @@ def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
     if caps.instances:
         heads.append(("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "thing"))
     if caps.sem_seg:
-        heads.append(("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff"))
+        heads.append(
+            ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff")
+        )
     for name in dataset_names:
         meta = MetadataCatalog.get(name)
         for key, value, kind in heads:

@@ -35,7 +35,11 @@ def finish(cfg, model, results):
     if cfg.DATASETS.TEST and cfg.TEST.SEG2.NUM_VIS > 0:
         model = getattr(model, "module", model)  # unwrap DDP
         save_prediction_overlays(
-            cfg, model, cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "vis"), cfg.TEST.SEG2.NUM_VIS
+            cfg,
+            model,
+            cfg.DATASETS.TEST[0],
+            os.path.join(cfg.OUTPUT_DIR, "vis"),
+            cfg.TEST.SEG2.NUM_VIS,
         )
 
 

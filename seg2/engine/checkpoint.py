@@ -1,6 +1,7 @@
 """Checkpoints written atomically, so a run killed mid-save never leaves a torn file that
 ``--resume`` would then load; what a kill can still leave (a temporary file, a tag naming an
 unreadable file) is cleaned up or skipped on the next start."""
+
 import logging
 import os
 import re
@@ -66,12 +67,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 os.remove(path)
                 removed.append(path)
         if removed:
-            logger.warning(f"Removed {len(removed)} partial file(s) of an interrupted save: {removed}")
+            logger.warning(
+                f"Removed {len(removed)} partial file(s) of an interrupted save: {removed}"
+            )
         return removed
 
     def _saved_checkpoints(self) -> List[str]:
         """This checkpointer's periodic/final files (``model_*.pth``), newest first."""
-        files = [p for p in self.get_all_checkpoint_files() if os.path.basename(p).startswith("model_")]
+        files = [
+            p for p in self.get_all_checkpoint_files() if os.path.basename(p).startswith("model_")
+        ]
         return sorted(files, key=os.path.getmtime, reverse=True)
 
     def has_checkpoint(self) -> bool:
@@ -89,9 +94,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if problem is None:
             return tagged
         for path in self._saved_checkpoints():
-            if os.path.abspath(path) != os.path.abspath(tagged) and checkpoint_problem(path) is None:
+            if (
+                os.path.abspath(path) != os.path.abspath(tagged)
+                and checkpoint_problem(path) is None
+            ):
                 said = f"names {tagged}: {problem}" if tagged else "is missing"
-                logger.warning(f"{tag} {said}; resuming from the newest readable checkpoint, {path}")
+                logger.warning(
+                    f"{tag} {said}; resuming from the newest readable checkpoint, {path}"
+                )
                 return path
         if not tagged:
             return ""

@@ -1,4 +1,5 @@
 """What tools/train_net.py does around training: config setup and the results it leaves."""
+
 import logging
 import os
 from collections import OrderedDict
@@ -42,7 +43,9 @@ def setup_cfg(args) -> CfgNode:
     merge_config_file(cfg, args.config_file)
     merge_config_list(cfg, args.opts)
     register_from_config(cfg)
-    check_config(cfg, eval_only=getattr(args, "eval_only", False), resume=getattr(args, "resume", False))
+    check_config(
+        cfg, eval_only=getattr(args, "eval_only", False), resume=getattr(args, "resume", False)
+    )
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
@@ -53,7 +56,11 @@ def _flatten(results: Mapping) -> Dict[str, Dict[str, float]]:
     """{dataset: {task: {k: v}}} or {task: {k: v}} -> {"dataset/task": {k: v}}."""
     flat = OrderedDict()
     for key, value in results.items():
-        if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
+        if (
+            isinstance(value, Mapping)
+            and value
+            and all(isinstance(v, Mapping) for v in value.values())
+        ):
             for task, metrics in value.items():
                 flat[f"{key}/{task}"] = metrics
         else:

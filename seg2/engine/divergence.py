@@ -1,6 +1,7 @@
 """Stop training at the first non-finite loss, naming the iteration and the loss terms,
 before the bad step reaches the weights (Detectron2 checks only the summed loss, after the
 backward pass, and reports it as a traceback)."""
+
 import math
 from typing import Callable, Dict, Mapping
 
@@ -17,18 +18,26 @@ class TrainingDivergedError(CleanExitError):
 
 def non_finite_terms(loss_dict: Mapping[str, torch.Tensor]) -> Dict[str, float]:
     """{name: value} of the loss terms that are NaN or +-Inf."""
-    values = {k: float(v.detach().float().sum()) if torch.is_tensor(v) else float(v) for k, v in loss_dict.items()}
+    values = {
+        k: float(v.detach().float().sum()) if torch.is_tensor(v) else float(v)
+        for k, v in loss_dict.items()
+    }
     return {k: v for k, v in values.items() if not math.isfinite(v)}
 
 
-def stop_on_non_finite_losses(model: torch.nn.Module, iteration: Callable[[], int], newest_checkpoint: Callable[[], str]):
+def stop_on_non_finite_losses(
+    model: torch.nn.Module, iteration: Callable[[], int], newest_checkpoint: Callable[[], str]
+):
     """Register a forward hook on ``model`` that raises :class:`TrainingDivergedError` when a
     training forward pass returns a non-finite loss term (before backward and the optimizer
     step). ``iteration()`` and ``newest_checkpoint()`` fill in the message. Returns the
     hook handle."""
 
     def check(module, inputs, output):
-        if not module.training or not isinstance(output, Mapping):
+        if not module.training or not isinstance(output, Mapping) or not output:
+            return
+        terms = [v.detach().float().sum() for v in output.values() if torch.is_tensor(v)]
+        if not terms or bool(torch.isfinite(torch.stack(terms)).all()):  # one sync per step
             return
         bad = non_finite_terms(output)
         if bad:

@@ -7,6 +7,7 @@ depend on the number of loader workers, on prefetching, or on where a run was ki
 checkpoint needs only the position, the positions still waiting in the aspect-ratio buckets,
 the seed, and the main process's RNG states (model-side randomness such as ROI sampling).
 """
+
 import contextlib
 import itertools
 import logging
@@ -175,9 +176,6 @@ class ResumableTrainLoader:
         self._pending: List[List[int]] = [[], []]  # received, not yet batched, per bucket
         self._skipped = 0
 
-    def __len__(self) -> int:  # the stream is infinite; Detectron2 never asks
-        raise TypeError("ResumableTrainLoader is infinite")
-
     def state_dict(self) -> Dict[str, Any]:
         return {
             "seed": self.seed,
@@ -201,7 +199,9 @@ class ResumableTrainLoader:
 
     def __iter__(self) -> Iterator[List[Dict]]:
         sampler = self._sampler_factory(self.seed)
-        stream = _SampleStream(self._dataset, self._mapper, sampler, self.seed, comm.get_rank(), self._next)
+        stream = _SampleStream(
+            self._dataset, self._mapper, sampler, self.seed, comm.get_rank(), self._next
+        )
         buckets: List[List] = [[], []]
         waiting = sorted(p for b in self._pending for p in b)
         if waiting:  # samples a previous run had received but not yet batched
@@ -224,7 +224,9 @@ class ResumableTrainLoader:
                 raise item.exc
             if item is None:
                 self._skipped += 1
-                logger.warning(f"Mapper skipped stream position {position} ({self._skipped} so far)")
+                logger.warning(
+                    f"Mapper skipped stream position {position} ({self._skipped} so far)"
+                )
                 continue
             b = self._bucket(item)
             buckets[b].append((position, item))
@@ -258,11 +260,16 @@ def build_sampler_factory(cfg, dataset: List[Dict]) -> Callable[[int], Any]:
             return RepeatFactorTrainingSampler(factors, seed=seed)
         if name == "RandomSubsetTrainingSampler":
             return RandomSubsetTrainingSampler(
-                len(dataset), cfg.DATALOADER.RANDOM_SUBSET_RATIO, seed_shuffle=seed, seed_subset=seed
+                len(dataset),
+                cfg.DATALOADER.RANDOM_SUBSET_RATIO,
+                seed_shuffle=seed,
+                seed_subset=seed,
             )
         # Other samplers draw their seeds from the global RNGs: seed those, for this call only.
         with _seeded(seed):
-            return build_detection_train_loader.from_config(cfg, mapper=_identity, dataset=dataset)["sampler"]
+            return build_detection_train_loader.from_config(cfg, mapper=_identity, dataset=dataset)[
+                "sampler"
+            ]
 
     return make
 

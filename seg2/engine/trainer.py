@@ -1,6 +1,7 @@
 """Seg2Trainer: Detectron2's DefaultTrainer with seg2's mapper, evaluators and checkpointer,
 DistributedDataParallel that also works on CPU (gloo), an exactly resumable train loader and
 a clean stop on non-finite losses."""
+
 import contextlib
 import logging
 from unittest import mock
@@ -51,8 +52,10 @@ class Seg2Trainer(DefaultTrainer):
         # offers no hook for it: only for several CPU processes is its helper swapped, for
         # the constructor call alone (a rename upstream fails loudly here, not silently).
         cpu_ddp = comm.get_world_size() > 1 and not cfg.MODEL.DEVICE.startswith("cuda")
-        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model) if cpu_ddp else (
-            contextlib.nullcontext()
+        with (
+            mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model)
+            if cpu_ddp
+            else (contextlib.nullcontext())
         ):
             super().__init__(cfg)
         self.failed = False
@@ -81,7 +84,11 @@ class Seg2Trainer(DefaultTrainer):
             # the capture runs on every process, right before the (main-only) checkpointer
             if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)) and capture not in ret:
                 ret.append(capture)
-            ret.append(hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate) if isinstance(h, hooks.EvalHook) else h)
+            ret.append(
+                hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+                if isinstance(h, hooks.EvalHook)
+                else h
+            )
         return ret
 
     def run_step(self):

@@ -13,6 +13,7 @@ worker that already reported its user error into the same quiet exit::
         args = parser.parse_args()
         run_cli(launch, main, args.num_gpus, ..., args=(args,))
 """
+
 import functools
 import logging
 import os
@@ -58,7 +59,9 @@ def add_debug_argument(parser) -> Any:
     """Add ``--debug`` (show tracebacks of user errors) to an argparse parser; pass the
     parsed value to :func:`set_debug`."""
     parser.add_argument(
-        "--debug", action="store_true", help=f"show tracebacks of user errors (same as {_DEBUG_ENV}=1)"
+        "--debug",
+        action="store_true",
+        help=f"show tracebacks of user errors (same as {_DEBUG_ENV}=1)",
     )
     return parser
 

@@ -1,4 +1,5 @@
 """Atomic checkpoints: a save that dies midway leaves the previous checkpoint usable."""
+
 import os
 import tempfile
 import unittest
@@ -17,7 +18,9 @@ class TestAtomicCheckpointer(unittest.TestCase):
 
     def test_save_and_tag(self):
         self.ckpt.save("model_0000009", iteration=9)
-        self.assertEqual(open(os.path.join(self.dir, "last_checkpoint")).read(), "model_0000009.pth")
+        self.assertEqual(
+            open(os.path.join(self.dir, "last_checkpoint")).read(), "model_0000009.pth"
+        )
         self.assertEqual(sorted(os.listdir(self.dir)), ["last_checkpoint", "model_0000009.pth"])
         data = torch.load(os.path.join(self.dir, "model_0000009.pth"), weights_only=False)
         self.assertEqual(data["iteration"], 9)
@@ -35,7 +38,9 @@ class TestAtomicCheckpointer(unittest.TestCase):
             with self.assertRaises(KeyboardInterrupt):
                 self.ckpt.save("model_0000004", iteration=8)  # same name: must not be torn
         self.assertEqual(open(os.path.join(self.dir, "model_0000004.pth"), "rb").read(), before)
-        self.assertEqual(open(os.path.join(self.dir, "last_checkpoint")).read(), "model_0000004.pth")
+        self.assertEqual(
+            open(os.path.join(self.dir, "last_checkpoint")).read(), "model_0000004.pth"
+        )
         # resume loads the intact one
         fresh = AtomicCheckpointer(torch.nn.Linear(3, 2), save_dir=self.dir)
         self.assertEqual(fresh.resume_or_load("", resume=True)["iteration"], 4)
@@ -85,7 +90,14 @@ class TestWhatAKillLeaves(unittest.TestCase):
             self.fresh().resume_or_load("", resume=True)
 
     def test_stale_temp_files_removed_on_start(self):
-        stale = [os.path.join(self.dir, n) for n in ("model_0000014.pth.k2j4_x9a.tmp", "last_checkpoint.ab12cd34.tmp", "model_0000001.pth.tmp")]
+        stale = [
+            os.path.join(self.dir, n)
+            for n in (
+                "model_0000014.pth.k2j4_x9a.tmp",
+                "last_checkpoint.ab12cd34.tmp",
+                "model_0000001.pth.tmp",
+            )
+        ]
         keep = os.path.join(self.dir, "notes.tmp")
         for p in stale + [keep]:
             open(p, "w").write("partial")
@@ -100,10 +112,15 @@ class TestWhatAKillLeaves(unittest.TestCase):
         ckpt = AtomicCheckpointer(model, save_dir=self.dir)
         with torch.no_grad():
             model.bias[1] = float("inf")
-        with self.assertRaisesRegex(TrainingDivergedError, r"after iteration 12: non-finite weights in bias.*model_0000009\.pth"):
+        with self.assertRaisesRegex(
+            TrainingDivergedError,
+            r"after iteration 12: non-finite weights in bias.*model_0000009\.pth",
+        ):
             ckpt.save("model_0000012", iteration=12)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "model_0000012.pth")))
-        self.assertEqual(open(os.path.join(self.dir, "last_checkpoint")).read(), "model_0000009.pth")
+        self.assertEqual(
+            open(os.path.join(self.dir, "last_checkpoint")).read(), "model_0000009.pth"
+        )
 
 
 _SLOW_SAVE = r"""
@@ -129,14 +146,18 @@ class TestKillDuringSave(unittest.TestCase):
         d = tempfile.mkdtemp()
         AtomicCheckpointer(torch.nn.Linear(3, 2), save_dir=d).save("model_0000009", iteration=9)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, d], stdout=subprocess.PIPE, env=env, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_SAVE, d], stdout=subprocess.PIPE, env=env, text=True
+        )
         try:
             self.assertEqual(proc.stdout.readline().strip(), "writing")
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait()
         left = sorted(os.listdir(d))
-        self.assertEqual(len([n for n in left if n.endswith(".tmp")]), 1, left)  # kill -9 skips cleanup
+        self.assertEqual(
+            len([n for n in left if n.endswith(".tmp")]), 1, left
+        )  # kill -9 skips cleanup
         self.assertNotIn("model_0000019.pth", left)
         fresh = AtomicCheckpointer(torch.nn.Linear(3, 2), save_dir=d)
         self.assertEqual(sorted(os.listdir(d)), ["last_checkpoint", "model_0000009.pth"])

@@ -1,6 +1,7 @@
 """The resumable train loader and training state, in-process: the batch stream is a pure
 function of the seed and the position (not of the worker count), a loader restored from
 ``state_dict`` continues exactly where the original was, and the process RNGs round-trip."""
+
 import itertools
 import random
 import unittest
@@ -29,8 +30,13 @@ def refuse_five(d):
 
 def loader(workers=0, grouping=True, mapper=augment, seed=3):
     return ResumableTrainLoader(
-        DICTS, mapper, lambda s: TrainingSampler(len(DICTS), seed=s), batch_size=2, seed=seed,
-        aspect_ratio_grouping=grouping, num_workers=workers,
+        DICTS,
+        mapper,
+        lambda s: TrainingSampler(len(DICTS), seed=s),
+        batch_size=2,
+        seed=seed,
+        aspect_ratio_grouping=grouping,
+        num_workers=workers,
     )
 
 

@@ -2,6 +2,7 @@
 optimizer, LR scheduler, data position and RNG state so the result equals an uninterrupted
 run; a non-finite loss stops training with the iteration and the terms, and nothing of the
 bad state is checkpointed or evaluated; MODEL.WEIGHTS is loaded as the file holds it."""
+
 import os
 import random
 import shutil
@@ -44,8 +45,11 @@ class ToyTrainerTestModel(torch.nn.Module):
 
 
 def augment(d):
-    return {"x": [d["x"][0] * np.random.uniform(0.5, 1.5), d["x"][1] + random.random(), d["x"][2]],
-            "width": 1, "height": 1}
+    return {
+        "x": [d["x"][0] * np.random.uniform(0.5, 1.5), d["x"][1] + random.random(), d["x"][2]],
+        "width": 1,
+        "height": 1,
+    }
 
 
 DICTS = [{"x": [float(i), float(i % 3), 1.0], "width": 1, "height": 1} for i in range(5)]
@@ -56,7 +60,9 @@ class ToyTrainer(Seg2Trainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return ResumableTrainLoader(DICTS, augment, build_sampler_factory(cfg, DICTS), 2, data_seed(cfg))
+        return ResumableTrainLoader(
+            DICTS, augment, build_sampler_factory(cfg, DICTS), 2, data_seed(cfg)
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -115,14 +121,24 @@ class TestResume(unittest.TestCase):
         resumed = load(os.path.join(out, "model_final.pth"))
 
         self.assertTrue(torch.equal(final["model"]["w"], resumed["model"]["w"]))
-        opt_a, opt_b = final["trainer"]["_trainer"]["optimizer"], resumed["trainer"]["_trainer"]["optimizer"]
+        opt_a, opt_b = (
+            final["trainer"]["_trainer"]["optimizer"],
+            resumed["trainer"]["_trainer"]["optimizer"],
+        )
         self.assertEqual(opt_a["param_groups"], opt_b["param_groups"])  # LR after the step at 5
         for k, v in opt_a["state"].items():
             self.assertTrue(torch.equal(v["momentum_buffer"], opt_b["state"][k]["momentum_buffer"]))
         self.assertEqual(final["trainer"]["hooks"], resumed["trainer"]["hooks"])  # LR scheduler
-        self.assertEqual(final["training_state"]["ranks"][0]["loader"], resumed["training_state"]["ranks"][0]["loader"])
-        self.assertTrue(torch.equal(final["training_state"]["ranks"][0]["rng"]["torch"],
-                                    resumed["training_state"]["ranks"][0]["rng"]["torch"]))
+        self.assertEqual(
+            final["training_state"]["ranks"][0]["loader"],
+            resumed["training_state"]["ranks"][0]["loader"],
+        )
+        self.assertTrue(
+            torch.equal(
+                final["training_state"]["ranks"][0]["rng"]["torch"],
+                resumed["training_state"]["ranks"][0]["rng"]["torch"],
+            )
+        )
 
     def test_without_the_state_the_run_differs(self):
         """The comparison above can fail: drop the saved state and the result changes."""
@@ -171,7 +187,9 @@ class TestNonFinite(unittest.TestCase):
         self.assertIn("model_0000005.pth", msg)
         files = sorted(f for f in os.listdir(self.out) if f.endswith(".pth"))
         self.assertEqual(files, ["model_0000001.pth", "model_0000003.pth", "model_0000005.pth"])
-        self.assertEqual(open(os.path.join(self.out, "last_checkpoint")).read(), "model_0000005.pth")
+        self.assertEqual(
+            open(os.path.join(self.out, "last_checkpoint")).read(), "model_0000005.pth"
+        )
         self.assertEqual(ToyTrainer.evaluated, 0)
 
     def test_finite_run_evaluates_and_saves_final(self):

@@ -8,6 +8,7 @@ The weights are an untrained model whose semantic head is biased to one stuff cl
 non-zero (asserted), so an image dropped or counted twice by the cross-process gathering
 changes them. Untrained masks score 0 on mask AP and on the Cityscapes instance and panoptic
 scores: there only the keys and the zeros are compared."""
+
 import json
 import math
 import os
@@ -25,9 +26,20 @@ from seg2_testing import REPO_ROOT, get_seg2_cfg
 
 PANOPTIC_CFG = "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
 COMMON = [
-    "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64", "TEST.SEG2.NUM_VIS", "0",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05", "MODEL.SEG2.FUSION.INSTANCES_SCORE_THRESH", "0.9",
-    "DATALOADER.NUM_WORKERS", "0", "TEST.DETECTIONS_PER_IMAGE", "20",
+    "MODEL.DEVICE",
+    "cpu",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "TEST.SEG2.NUM_VIS",
+    "0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.05",
+    "MODEL.SEG2.FUSION.INSTANCES_SCORE_THRESH",
+    "0.9",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "20",
 ]
 SETUPS = {
     # name: (extra config, test splits, semantic class the head is biased to)
@@ -88,10 +100,30 @@ class TestTwoProcessEvaluation(unittest.TestCase):
         out = os.path.join(self.tmp, name + "_2")
         tests = "(" + "".join(f"'synthetic_{s}'," for s in SETUPS[name][1]) + ")"
         proc = subprocess.run(
-            [sys.executable, "tools/train_net.py", "--num-gpus", "2", "--dist-url", "auto", "--eval-only", "--config-file",
-             os.path.join("configs", PANOPTIC_CFG), *COMMON, *SETUPS[name][0], "DATASETS.TEST", tests,
-             "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out],
-            cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "tools/train_net.py",
+                "--num-gpus",
+                "2",
+                "--dist-url",
+                "auto",
+                "--eval-only",
+                "--config-file",
+                os.path.join("configs", PANOPTIC_CFG),
+                *COMMON,
+                *SETUPS[name][0],
+                "DATASETS.TEST",
+                tests,
+                "MODEL.WEIGHTS",
+                weights,
+                "OUTPUT_DIR",
+                out,
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
         two = json.load(open(os.path.join(out, "eval_results.json")))
@@ -99,7 +131,10 @@ class TestTwoProcessEvaluation(unittest.TestCase):
         self.assertEqual(sorted(one), sorted(two))
         for dataset, tasks in one.items():
             for task, metrics in tasks.items():
-                self.assertTrue(_same(metrics, two[dataset][task]), f"{dataset}/{task}:\n{metrics}\n{two[dataset][task]}")
+                self.assertTrue(
+                    _same(metrics, two[dataset][task]),
+                    f"{dataset}/{task}:\n{metrics}\n{two[dataset][task]}",
+                )
                 headline = [metrics[k] for k in INFORMATIVE.get(task, ()) if k in metrics]
                 if headline and not dataset.endswith("cityscapes_val_panoptic"):
                     self.assertGreater(headline[0], 0, f"{dataset}/{task} is not informative")
@@ -107,15 +142,19 @@ class TestTwoProcessEvaluation(unittest.TestCase):
 
     def test_synthetic_panoptic(self):
         one = self._check("synthetic")
-        self.assertEqual(sorted(one["synthetic_val_panoptic"]), ["bbox", "panoptic_seg", "segm", "sem_seg"])
+        self.assertEqual(
+            sorted(one["synthetic_val_panoptic"]), ["bbox", "panoptic_seg", "segm", "sem_seg"]
+        )
 
     def test_cityscapes(self):
         one = self._check("cityscapes")
         self.assertEqual(
             {k: sorted(v) for k, v in one.items()},
-            {"synthetic_cityscapes_val_instance_seg": ["segm"],
-             "synthetic_cityscapes_val_sem_seg": ["sem_seg"],
-             "synthetic_cityscapes_val_panoptic": ["panoptic_seg"]},
+            {
+                "synthetic_cityscapes_val_instance_seg": ["segm"],
+                "synthetic_cityscapes_val_sem_seg": ["sem_seg"],
+                "synthetic_cityscapes_val_panoptic": ["panoptic_seg"],
+            },
         )
 
 

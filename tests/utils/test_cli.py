@@ -1,5 +1,6 @@
 """seg2.utils.cli: user errors end with one line and status 2, internal errors keep their
 traceback, SEG2_DEBUG shows user-error tracebacks, launch workers' exits are passed on."""
+
 import contextlib
 import io
 import logging
@@ -39,7 +40,10 @@ class TestUserErrors(unittest.TestCase):
         with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as ctx:
             bad_input()
         self.assertEqual(ctx.exception.code, 2)
-        self.assertEqual(err.getvalue(), "error: data/train.json: annotation 7: field 'bbox' has 3 numbers, expected 4\n")
+        self.assertEqual(
+            err.getvalue(),
+            "error: data/train.json: annotation 7: field 'bbox' has 3 numbers, expected 4\n",
+        )
 
     def test_return_code_mode(self):
         with contextlib.redirect_stderr(io.StringIO()):
