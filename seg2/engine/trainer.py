@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import Seg2DatasetMapper
 from ..evaluation.build import build_evaluators
+from ..io import InputError
 from .checkpoint import AtomicCheckpointer
 from .divergence import TrainingDivergedError, stop_on_non_finite_losses
 from .resume import (
@@ -63,7 +64,14 @@ class Seg2Trainer(DefaultTrainer):
 
     def _newest_checkpoint(self) -> str:
         c = self.checkpointer
-        return c.get_checkpoint_file() if c.has_checkpoint() else "none (no checkpoint written yet)"
+        try:
+            return (
+                c.get_checkpoint_file()
+                if c.has_checkpoint()
+                else "none (no checkpoint written yet)"
+            )
+        except InputError:  # only unreadable ones: the message being built is the news
+            return "none readable"
 
     def build_hooks(self):
         """Detectron2's hooks, with the atomic checkpointer (also saving
