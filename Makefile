@@ -39,7 +39,7 @@ data: setup
 
 demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) OUTPUT_DIR $(DEMO_OUT)
-	@echo "Metrics: $(DEMO_OUT)/metrics.json   Overlays: $(DEMO_OUT)/vis/overview.png"
+	@echo "Results: $(DEMO_OUT)/eval_results.json   Training log: $(DEMO_OUT)/metrics.json   Overlays: $(DEMO_OUT)/vis/overview.png"
 
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider

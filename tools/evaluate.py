@@ -26,6 +26,7 @@ except ImportError:  # run from a checkout without installing
 
 from seg2.evaluation.offline import format_results
 from seg2.io import write_json
+from seg2.utils.cli import add_debug_argument, run_cli, set_debug, user_errors
 
 CITYSCAPES_KEYS = {
     "cityscapes-instance": ("instance", "cityscapes_instance"),
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in sub.choices.values():
         p.add_argument("--output", help="metrics JSON to write (default: print only)")
+        add_debug_argument(p)
     return parser
 
 
@@ -117,13 +119,11 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
     return {key: res}
 
 
+@user_errors(return_code=True)
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        results = evaluate(args)
-    except ValueError as e:  # EvaluationInputError and the loaders' format errors name the file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    set_debug(args.debug)
+    results = evaluate(args)
     if args.command == "panoptic":
         from seg2.evaluation.pq import format_pq_table
 
@@ -137,4 +137,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

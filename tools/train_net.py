@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Train and evaluate seg2 models with Detectron2's conventions.
 
-    python tools/train_net.py --config-file configs/X.yaml [--eval-only] [--resume] \
+    python tools/train_net.py --config-file configs/X.yaml [--eval-only] [--resume] [--debug] \
         [--num-gpus N --num-machines M --machine-rank R --dist-url URL] [KEY VALUE ...]
 
-Evaluators are chosen from each test dataset's metadata; all metrics land in
-OUTPUT_DIR/metrics.json and prediction overlays in OUTPUT_DIR/vis.
+Evaluators are chosen from each test dataset's metadata; results land in
+OUTPUT_DIR/eval_results.json (OUTPUT_DIR/metrics.json stays Detectron2's training log) and
+prediction overlays in OUTPUT_DIR/vis. Bad data or config ends with one line on stderr and
+exit status 2 (--debug or SEG2_DEBUG=1 shows the traceback).
 """
 import logging
 import os
@@ -15,25 +17,33 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
 from seg2.engine.defaults import format_metrics_table, setup_cfg, write_metrics
+from seg2.utils.cli import add_debug_argument, run_cli, set_debug, user_errors
 from seg2.utils.visualize import save_prediction_overlays
 
 logger = logging.getLogger("seg2")
 
 
 def finish(cfg, model, results):
-    """Table, metrics.json and overlays (main process only)."""
+    """Table, eval_results.json and overlays (main process only)."""
     if not comm.is_main_process():
         return
-    results = results or {}
-    logger.info("Results:\n" + format_metrics_table(results))
-    write_metrics(results, cfg.OUTPUT_DIR)
+    if results:
+        logger.info("Results:\n" + format_metrics_table(results))
+        write_metrics(results, cfg.OUTPUT_DIR)
+    else:
+        logger.info("No evaluation results (DATASETS.TEST is empty or TEST.EVAL_PERIOD skipped it)")
     if cfg.DATASETS.TEST and cfg.TEST.SEG2.NUM_VIS > 0:
         model = getattr(model, "module", model)  # unwrap DDP
         save_prediction_overlays(
-            cfg, model, cfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "vis"), cfg.TEST.SEG2.NUM_VIS
+            cfg,
+            model,
+            cfg.DATASETS.TEST[0],
+            os.path.join(cfg.OUTPUT_DIR, "vis"),
+            cfg.TEST.SEG2.NUM_VIS,
         )
 
 
+@user_errors
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
@@ -53,9 +63,11 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = add_debug_argument(default_argument_parser()).parse_args()
+    set_debug(args.debug)
     print("Command Line Args:", args)
-    launch(
+    run_cli(
+        launch,
         main,
         args.num_gpus,
         num_machines=args.num_machines,

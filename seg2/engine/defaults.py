@@ -1,5 +1,5 @@
 """What tools/train_net.py does around training: config setup and the results it leaves."""
-import json
+
 import logging
 import os
 from collections import OrderedDict
@@ -12,9 +12,15 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
+from ..config_check import check_config, merge_config_file, merge_config_list
 from ..data.datasets import register_from_config, validate_datasets
+from ..io import write_json
 
-__all__ = ["setup_cfg", "write_metrics", "format_metrics_table"]
+__all__ = ["setup_cfg", "write_metrics", "format_metrics_table", "RESULTS_FILE"]
+
+# Evaluation results of tools/train_net.py. Not metrics.json: that is Detectron2's JSONWriter
+# log of every training iteration (JSON lines), which its tools and TensorBoard curves read.
+RESULTS_FILE = "eval_results.json"
 
 logger = logging.getLogger("seg2")
 
@@ -29,12 +35,17 @@ _HEADLINE = {
 
 def setup_cfg(args) -> CfgNode:
     """Config from ``--config-file`` plus trailing ``KEY VALUE`` overrides, with seg2's
-    defaults and user datasets (``DATASETS.SEG2.*``) registered; frozen."""
+    defaults and user datasets (``DATASETS.SEG2.*``) registered, checked
+    (:mod:`seg2.config_check`: a problem raises ``ConfigError`` before anything is built);
+    frozen."""
     cfg = get_cfg()
     add_seg2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config_file(cfg, args.config_file)
+    merge_config_list(cfg, args.opts)
     register_from_config(cfg)
+    check_config(
+        cfg, eval_only=getattr(args, "eval_only", False), resume=getattr(args, "resume", False)
+    )
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
@@ -46,7 +57,11 @@ def _flatten(results: Mapping) -> Dict[str, Dict[str, float]]:
     """{dataset: {task: {k: v}}} or {task: {k: v}} -> {"dataset/task": {k: v}}."""
     flat = OrderedDict()
     for key, value in results.items():
-        if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
+        if (
+            isinstance(value, Mapping)
+            and value
+            and all(isinstance(v, Mapping) for v in value.values())
+        ):
             for task, metrics in value.items():
                 flat[f"{key}/{task}"] = metrics
         else:
@@ -64,14 +79,11 @@ def format_metrics_table(results: Mapping) -> str:
     return tabulate(rows, headers=["dataset/task", "metrics"], tablefmt="pipe")
 
 
-def write_metrics(results: Mapping, output_dir: str, filename: str = "metrics.json") -> str:
-    """Write all metrics as JSON (atomically) on the main process; returns the path."""
+def write_metrics(results: Mapping, output_dir: str, filename: str = RESULTS_FILE) -> str:
+    """Write all evaluation results as JSON (atomically) on the main process; returns the
+    path. ``{dataset: {task: {metric: value}}}``."""
     path = os.path.join(output_dir, filename)
     if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2, default=float)
-        os.replace(tmp, path)
-        logger.info(f"Metrics written to {path}")
+        write_json(dict(results), path)
+        logger.info(f"Evaluation results written to {path}")
     return path

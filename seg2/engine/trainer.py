@@ -1,6 +1,9 @@
 """Seg2Trainer: Detectron2's DefaultTrainer with seg2's mapper, evaluators and checkpointer,
-and DistributedDataParallel that also works on CPU (gloo)."""
+DistributedDataParallel that also works on CPU (gloo), an exactly resumable train loader and
+a clean stop on non-finite losses."""
+
 import contextlib
+import logging
 from unittest import mock
 
 import torch
@@ -12,9 +15,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import Seg2DatasetMapper
 from ..evaluation.build import build_evaluators
+from ..io import InputError
 from .checkpoint import AtomicCheckpointer
+from .divergence import TrainingDivergedError, stop_on_non_finite_losses
+from .resume import (
+    CaptureTrainingState,
+    ResumableTrainLoader,
+    TrainingState,
+    build_sampler_factory,
+    data_seed,
+    preserved_rng,
+)
 
 __all__ = ["Seg2Trainer", "create_ddp_model"]
+
+logger = logging.getLogger("seg2")
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
@@ -28,40 +43,117 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 
 class Seg2Trainer(DefaultTrainer):
-    """DefaultTrainer overriding only its public builders: data mapper, evaluators and
-    (in :meth:`build_hooks`, before the checkpoint hook takes it) an atomic checkpointer."""
+    """DefaultTrainer overriding only its public builders and hooks: data mapper and a
+    resumable train loader, evaluators, an atomic checkpointer that also saves the loader
+    position and RNG states (:mod:`seg2.engine.resume`), and a check that stops at the first
+    non-finite loss (:mod:`seg2.engine.divergence`) without checkpointing the bad state."""
 
     def __init__(self, cfg):
         # Detectron2 builds DDP with device_ids=[local_rank], which CPU modules reject, and
         # offers no hook for it: only for several CPU processes is its helper swapped, for
         # the constructor call alone (a rename upstream fails loudly here, not silently).
         cpu_ddp = comm.get_world_size() > 1 and not cfg.MODEL.DEVICE.startswith("cuda")
-        with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model) if cpu_ddp else (
-            contextlib.nullcontext()
+        with (
+            mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model)
+            if cpu_ddp
+            else (contextlib.nullcontext())
         ):
             super().__init__(cfg)
+        self.failed = False
+        stop_on_non_finite_losses(self.model, lambda: self.iter, self._newest_checkpoint)
+
+    def _newest_checkpoint(self) -> str:
+        c = self.checkpointer
+        try:
+            return (
+                c.get_checkpoint_file()
+                if c.has_checkpoint()
+                else "none (no checkpoint written yet)"
+            )
+        except InputError:  # only unreadable ones: the message being built is the news
+            return "none readable"
 
     def build_hooks(self):
-        """Detectron2's hooks, with the atomic checkpointer and an evaluation hook that keeps
-        its results in :attr:`eval_results`."""
+        """Detectron2's hooks, with the atomic checkpointer (also saving
+        :class:`TrainingState`), a state capture just before the checkpoint hook, and an
+        evaluation hook that keeps its results in :attr:`eval_results`."""
+        loader = self.data_loader if isinstance(self.data_loader, ResumableTrainLoader) else None
+        self.training_state = TrainingState(loader)
         self.checkpointer = AtomicCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            **self.checkpointer.checkpointables,
+            training_state=self.training_state,
         )
         self.eval_results = None
-        return [
-            hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
-            if isinstance(h, hooks.EvalHook)
-            else h
-            for h in super().build_hooks()
-        ]
+        capture = CaptureTrainingState(self.training_state, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        ret = []
+        for h in super().build_hooks():
+            # the capture runs on every process, right before the (main-only) checkpointer
+            if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)) and capture not in ret:
+                ret.append(capture)
+            ret.append(
+                hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+                if isinstance(h, hooks.EvalHook)
+                else h
+            )
+        return ret
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:  # Detectron2's own divergence checks (RPN, summed loss)
+            self.failed = True
+            raise TrainingDivergedError(
+                f"training stopped at iteration {self.iter}: {str(e).splitlines()[0]} The newest "
+                f"checkpoint, {self._newest_checkpoint()}, is from before; lower SOLVER.BASE_LR, "
+                "lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then --resume"
+            ) from e
+        except BaseException:
+            self.failed = True  # keeps the end-of-training evaluation off a failed run
+            raise
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if resume and self.checkpointer.has_checkpoint() and not self.training_state.restored:
+            logger.warning(
+                "The checkpoint holds no data-loader position or RNG state (older seg2 or a "
+                "different number of processes): training continues, but not exactly as an "
+                "uninterrupted run would"
+            )
 
     def _evaluate(self):
-        self.eval_results = self.test(self.cfg, self.model)
+        if self.failed:
+            return {}
+        with preserved_rng():  # evaluating must not change the training run's randomness
+            self.eval_results = self.test(self.cfg, self.model)
         return self.eval_results
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=Seg2DatasetMapper(cfg, True))
+        """A :class:`ResumableTrainLoader` over Detectron2's dataset dicts and samplers."""
+        mapper = Seg2DatasetMapper(cfg, True)
+        # Detectron2's own config reading (datasets, filtering, batch size); a placeholder
+        # sampler keeps it from drawing a seed we would not use.
+        args = build_detection_train_loader.from_config(cfg, mapper=mapper, sampler=object())
+        dataset = args["dataset"]
+        world = comm.get_world_size()
+        if args["total_batch_size"] % world:
+            from ..config_check import ConfigError
+
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH = {args['total_batch_size']} is not divisible by the "
+                f"{world} processes"
+            )
+        return ResumableTrainLoader(
+            dataset,
+            mapper,
+            build_sampler_factory(cfg, dataset),
+            batch_size=args["total_batch_size"] // world,
+            seed=data_seed(cfg),
+            aspect_ratio_grouping=args["aspect_ratio_grouping"],
+            num_workers=args["num_workers"],
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -37,9 +37,13 @@ class TestTrainNet(unittest.TestCase):
         out = self.out
         log = run(["OUTPUT_DIR", out, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", *SMALL], self.root)
         self.assertIn("eta:", log)  # progress with ETA
-        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        metrics = json.load(open(os.path.join(out, "eval_results.json")))
         self.assertEqual(set(metrics["synthetic_val"]), {"bbox", "segm"})
         self.assertIn("AP", metrics["synthetic_val"]["segm"])
+        # metrics.json stays Detectron2's JSON-lines training log, one record per logged iteration
+        records = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+        self.assertEqual([r["iteration"] for r in records if "total_loss" in r], [3])
+        self.assertIn("synthetic_val/segm/AP", records[-1])  # EvalHook's scalars, Detectron2's way
         self.assertTrue(os.path.isfile(os.path.join(out, "vis", "overview.png")))
         self.assertEqual(open(os.path.join(out, "last_checkpoint")).read(), "model_final.pth")
         # predictions carry the dataset's original (non-contiguous) category ids
@@ -53,11 +57,11 @@ class TestTrainNet(unittest.TestCase):
         # --eval-only with MODEL.WEIGHTS
         eval_out = os.path.join(out, "eval")
         run(["--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "OUTPUT_DIR", eval_out, *SMALL], self.root)
-        self.assertIn("segm", json.load(open(os.path.join(eval_out, "metrics.json")))["synthetic_val"])
+        self.assertIn("segm", json.load(open(os.path.join(eval_out, "eval_results.json")))["synthetic_val"])
 
     def test_two_process_gloo(self):
         out = os.path.join(self.out, "ddp")
-        log = run(["--num-gpus", "2", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "2", "TEST.SEG2.NUM_VIS", "0",
+        log = run(["--num-gpus", "2", "--dist-url", "auto", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "2", "TEST.SEG2.NUM_VIS", "0",
                    *SMALL], self.root)
         self.assertIn("world size: 2", log.lower().replace("world_size", "world size"))
-        self.assertTrue(os.path.isfile(os.path.join(out, "metrics.json")))
+        self.assertTrue(os.path.isfile(os.path.join(out, "eval_results.json")))

@@ -1,0 +1,330 @@
+"""Config problems found before anything is built, each as one :class:`ConfigError` line
+that names where the value came from and what would be valid.
+
+- :func:`merge_config_file` / :func:`merge_config_list`: Detectron2's merges, with unknown
+  keys, type mismatches and YAML errors traced to the file of the ``_BASE_`` chain that holds
+  the key (or to the command line), plus the nearest valid key.
+- :func:`check_config`: registry names (nearest registered names, not the whole registry),
+  dataset names, ``NUM_CLASSES`` of the ROI and semantic heads against the training data's
+  metadata, and ``MODEL.WEIGHTS``.
+"""
+
+import difflib
+import logging
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+from detectron2.config import CfgNode
+
+from .io import InputError
+
+__all__ = ["ConfigError", "merge_config_file", "merge_config_list", "check_config", "nearest"]
+
+logger = logging.getLogger("seg2")
+
+
+class ConfigError(InputError):
+    """A config value that cannot work: the message names the file (or command line), the
+    key and, where one exists, the nearest valid alternative."""
+
+
+def nearest(word: str, choices: Iterable[str], n: int = 3) -> List[str]:
+    """Up to ``n`` of ``choices`` closest to ``word`` (difflib ratio >= 0.6, case-insensitive),
+    keeping only those about as close as the best."""
+    lower = {c.lower(): c for c in choices}
+    scored = []
+    for low, orig in lower.items():
+        ratio = difflib.SequenceMatcher(None, word.lower(), low).ratio()
+        if ratio >= 0.6:
+            scored.append((-ratio, orig))
+    scored.sort()
+    if not scored:
+        return []
+    best = -scored[0][0]
+    return [orig for r, orig in scored[:n] if -r >= best - 0.08]
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    hits = nearest(word, choices)
+    return f"; did you mean {' or '.join(hits)}?" if hits else ""
+
+
+def _all_keys(node: CfgNode, prefix: str = "") -> List[str]:
+    """Dotted names of every node and leaf of a config."""
+    keys = []
+    for k, v in node.items():
+        full = prefix + k
+        keys.append(full)
+        if isinstance(v, dict):
+            keys += _all_keys(v, full + ".")
+    return keys
+
+
+def _suggest_key(bad: str, cfg: CfgNode) -> str:
+    """Nearest valid keys of the same depth under the longest valid prefix of ``bad``
+    (``MODEL.SEG2.FUSON.NAME`` -> ``MODEL.SEG2.FUSION.NAME``), compared on the differing part."""
+    keys = _all_keys(cfg)
+    parts = bad.split(".")
+    valid = set(keys)
+    n = 0
+    while n < len(parts) and ".".join(parts[: n + 1]) in valid:
+        n += 1
+    prefix = ".".join(parts[:n]) + "." if n else ""
+    rest = ".".join(parts[n:])
+    same_depth = [k for k in keys if k.startswith(prefix) and k.count(".") == bad.count(".")]
+    pool = same_depth or [k for k in keys if k.startswith(prefix)]
+    hits = nearest(rest, [k[len(prefix) :] for k in pool])
+    return f"; did you mean {' or '.join(prefix + h for h in hits)}?" if hits else ""
+
+
+# ---- which file of a _BASE_ chain holds a key
+
+
+def _base_chain(path: str) -> List[Tuple[str, Dict]]:
+    """[(file, its YAML mapping)] from the leaf down its ``_BASE_`` chain (Detectron2's
+    resolution: relative to the including file)."""
+    chain: List[Tuple[str, Dict]] = []
+    while path and "://" not in path and len(chain) < 32:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError):
+            break
+        if not isinstance(data, dict):
+            break
+        chain.append((path, data))
+        base = data.get("_BASE_")
+        if not isinstance(base, str):
+            break
+        base = os.path.expanduser(base)
+        if not os.path.isabs(base) and "://" not in base:
+            base = os.path.join(os.path.dirname(path), base)
+        path = base
+    return chain
+
+
+def _holds(data: Dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _file_with_key(config_file: str, dotted: str) -> str:
+    """The file of the chain that sets ``dotted`` (leaf-most first), else the leaf."""
+    for path, data in _base_chain(config_file):
+        if _holds(data, dotted):
+            return path
+    return config_file
+
+
+_UNKNOWN = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_RENAMED = re.compile(r"Key (\S+) was renamed")
+_MISMATCH = re.compile(r"for config key: (\S+)")
+
+
+def _explain(exc: BaseException, cfg: CfgNode, where) -> Optional[ConfigError]:
+    """A ConfigError for a yacs/Detectron2 merge error; ``where(key)`` names the source."""
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    m = _UNKNOWN.search(msg)
+    if m:
+        key = m.group(1)
+        return ConfigError(f"{where(key)}: unknown config key {key}{_suggest_key(key, cfg)}")
+    m = _RENAMED.search(msg) or _MISMATCH.search(msg)
+    if m:
+        return ConfigError(f"{where(m.group(1))}: {msg}")
+    return None
+
+
+def merge_config_file(cfg: CfgNode, config_file: str) -> CfgNode:
+    """``cfg.merge_from_file`` whose errors name the YAML file that holds the bad key."""
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"{config_file}: config file not found")
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML: {e}".replace("\n", " ")) from None
+    except (KeyError, ValueError, AssertionError) as e:
+        err = _explain(e, cfg, lambda key: _file_with_key(config_file, key))
+        if err is None:
+            raise
+        raise err from None
+    except (FileNotFoundError, OSError) as e:
+        # a _BASE_ that does not exist: say which file asked for it
+        missing = getattr(e, "filename", None) or str(e)
+        asking = [p for p, d in _base_chain(config_file) if d.get("_BASE_")]
+        raise ConfigError(
+            f"{asking[-1] if asking else config_file}: _BASE_ file not found: {missing}"
+        ) from None
+    return cfg
+
+
+def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
+    """``cfg.merge_from_list`` (command-line ``KEY VALUE`` pairs) with clear errors."""
+    if len(opts) % 2:
+        raise ConfigError(
+            f"command line: config overrides come as KEY VALUE pairs; {opts[-1]!r} has no value"
+        )
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        err = _explain(e, cfg, lambda key: "command line")
+        if err is None:
+            raise
+        raise err from None
+    return cfg
+
+
+# ---- checks on the merged config
+
+
+def _registries():
+    from detectron2.modeling import (
+        BACKBONE_REGISTRY,
+        META_ARCH_REGISTRY,
+        PROPOSAL_GENERATOR_REGISTRY,
+        ROI_BOX_HEAD_REGISTRY,
+        ROI_HEADS_REGISTRY,
+        ROI_MASK_HEAD_REGISTRY,
+        SEM_SEG_HEADS_REGISTRY,
+    )
+
+    from .modeling.fusion import FUSION_REGISTRY
+    from .modeling.upsample import UPSAMPLE_REGISTRY
+
+    return [
+        ("MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY),
+        ("MODEL.BACKBONE.NAME", BACKBONE_REGISTRY),
+        ("MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY),
+        ("MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY),
+        ("MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY),
+        ("MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY),
+        ("MODEL.SEM_SEG_HEAD.NAME", SEM_SEG_HEADS_REGISTRY),
+        ("MODEL.SEG2.FUSION.NAME", FUSION_REGISTRY),
+        ("MODEL.SEG2.UPSAMPLE.NAME", UPSAMPLE_REGISTRY),
+    ]
+
+
+def _get(cfg: CfgNode, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+# Names Detectron2's builders accept without a registry entry.
+_UNREGISTERED_OK = {"MODEL.PROPOSAL_GENERATOR.NAME": {"PrecomputedProposals"}}
+
+
+def check_registry_names(cfg: CfgNode) -> None:
+    for key, registry in _registries():
+        name = _get(cfg, key)
+        if not name or name in registry or name in _UNREGISTERED_OK.get(key, ()):
+            continue
+        names = [n for n, _ in registry]
+        hint = _did_you_mean(name, names) or f" ({len(names)} names registered, none close)"
+        raise ConfigError(f"{key}: {name!r} is not a registered name{hint}")
+
+
+def check_dataset_names(cfg: CfgNode) -> None:
+    from detectron2.data import DatasetCatalog
+
+    known = DatasetCatalog.list()
+    for key in ("TRAIN", "TEST"):
+        for name in getattr(cfg.DATASETS, key):
+            if name not in known:
+                raise ConfigError(
+                    f"DATASETS.{key}: dataset {name!r} is not registered"
+                    f"{_did_you_mean(name, known) or ''} (user data: DATASETS.SEG2.*)"
+                )
+
+
+def _classes_needed(meta, kind: str) -> Tuple[int, List[str]]:
+    """(number of contiguous ids the head must predict, class names) from metadata."""
+    names = list(meta.get(f"{kind}_classes", None) or [])
+    mapping = meta.get(f"{kind}_dataset_id_to_contiguous_id", None) or {}
+    needed = max([len(names)] + [int(v) + 1 for v in mapping.values()]) if names else 0
+    return needed, names
+
+
+def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
+    """The heads must cover the datasets' classes: ROI heads ``thing_classes``; a semantic
+    head ``stuff_classes`` (seg2's panoptic convention: all classes, things first;
+    PanopticFPN's ``*_separated`` metadata: one "things" class + stuff). Too few is an error
+    (that class would never be learnt); more only a note."""
+    from detectron2.data import MetadataCatalog
+
+    from .capabilities import model_capabilities
+
+    caps = model_capabilities(cfg)
+    heads = []
+    if caps.instances:
+        heads.append(("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "thing"))
+    if caps.sem_seg:
+        heads.append(
+            ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "stuff")
+        )
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        for key, value, kind in heads:
+            needed, names = _classes_needed(meta, kind)
+            if not needed or value == needed:
+                continue
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            what = (
+                f"dataset {name!r} has {needed} classes for it ({kind}_classes in its metadata: "
+                f"{shown})"
+            )
+            if value < needed:
+                raise ConfigError(f"{key} = {value} is too small: {what}; set {key} {needed}")
+            logger.warning(f"{key} = {value} is more than needed: {what}")
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a checkpoint (None if it looks readable): missing, a torch zip
+    archive that is truncated or fails its CRC check, or neither zip nor pickle."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        return "file not found"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+                if bad is not None:
+                    return f"corrupt checkpoint (member {bad} fails its CRC check)"
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "a zip archive, but not a torch checkpoint (no data.pkl)"
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"unreadable checkpoint ({e})"
+        return None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x80":  # pickle protocol 2+: legacy torch files and Detectron2's .pkl
+        if head[:2] == b"PK":
+            return "truncated checkpoint (zip archive without its end record)"
+        return "not a checkpoint (neither a torch zip archive nor a pickle)"
+    return None
+
+
+def check_weights(cfg: CfgNode) -> None:
+    path = cfg.MODEL.WEIGHTS
+    if not path or "://" in path:  # URLs are fetched (and reported) by the checkpointer
+        return
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError(f"MODEL.WEIGHTS: {path}: {problem}")
+
+
+def check_config(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
+    """Everything checkable before the model and data are built (datasets already
+    registered). ``MODEL.WEIGHTS`` is not needed when resuming from OUTPUT_DIR."""
+    check_registry_names(cfg)
+    check_dataset_names(cfg)
+    if not eval_only:
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
+    resuming = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if not resuming:
+        check_weights(cfg)
