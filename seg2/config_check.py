@@ -193,18 +193,22 @@ def _registries():
     )
 
     from .modeling.fusion import FUSION_REGISTRY
-    from .modeling.upsample import UPSAMPLE_REGISTRY
+    from .modeling.upsample import UPSAMPLE_REGISTRY, upsample_names
+
+    def names(registry):
+        return [n for n, _ in registry]
 
     return [
-        ("MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY),
-        ("MODEL.BACKBONE.NAME", BACKBONE_REGISTRY),
-        ("MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY),
-        ("MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY),
-        ("MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY),
-        ("MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY),
-        ("MODEL.SEM_SEG_HEAD.NAME", SEM_SEG_HEADS_REGISTRY),
-        ("MODEL.SEG2.FUSION.NAME", FUSION_REGISTRY),
-        ("MODEL.SEG2.UPSAMPLE.NAME", UPSAMPLE_REGISTRY),
+        ("MODEL.META_ARCHITECTURE", names(META_ARCH_REGISTRY)),
+        ("MODEL.BACKBONE.NAME", names(BACKBONE_REGISTRY)),
+        ("MODEL.PROPOSAL_GENERATOR.NAME", names(PROPOSAL_GENERATOR_REGISTRY)),
+        ("MODEL.ROI_HEADS.NAME", names(ROI_HEADS_REGISTRY)),
+        ("MODEL.ROI_BOX_HEAD.NAME", names(ROI_BOX_HEAD_REGISTRY)),
+        ("MODEL.ROI_MASK_HEAD.NAME", names(ROI_MASK_HEAD_REGISTRY)),
+        ("MODEL.SEM_SEG_HEAD.NAME", names(SEM_SEG_HEADS_REGISTRY)),
+        ("MODEL.SEG2.FUSION.NAME", names(FUSION_REGISTRY)),
+        # Config names (lowercase) and class names both build an op.
+        ("MODEL.SEG2.UPSAMPLE.NAME", list(upsample_names()) + names(UPSAMPLE_REGISTRY)),
     ]
 
 
@@ -219,11 +223,10 @@ _UNREGISTERED_OK = {"MODEL.PROPOSAL_GENERATOR.NAME": {"PrecomputedProposals"}}
 
 
 def check_registry_names(cfg: CfgNode) -> None:
-    for key, registry in _registries():
+    for key, names in _registries():
         name = _get(cfg, key)
-        if not name or name in registry or name in _UNREGISTERED_OK.get(key, ()):
+        if not name or name in names or name in _UNREGISTERED_OK.get(key, ()):
             continue
-        names = [n for n, _ in registry]
         hint = _did_you_mean(name, names) or f" ({len(names)} names registered, none close)"
         raise ConfigError(f"{key}: {name!r} is not a registered name{hint}")
 

@@ -26,6 +26,7 @@ except ImportError:  # run from a checkout without installing
     import seg2  # noqa: F401
 
 from seg2.io import InputError
+from seg2.utils.cli import add_debug_argument, set_debug, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--semantic", nargs=3, metavar=("IMAGE_ROOT", "LABEL_ROOT", "CLASSES"))
     parser.add_argument("--max-problems", type=int, default=50, help="problems listed per dataset")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return parser
+    return add_debug_argument(parser)
 
 
 def load_cfg(args):
@@ -148,15 +149,13 @@ def split_overrides(argv: List[str]) -> List[str]:
     return argv
 
 
+@user_errors(return_code=True)
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(split_overrides(sys.argv[1:] if argv is None else list(argv)))
+    set_debug(args.debug)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
-    try:
-        return check(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return check(args)
 
 
 if __name__ == "__main__":

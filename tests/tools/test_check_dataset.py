@@ -195,6 +195,8 @@ class TestTrainNetData(unittest.TestCase):
         )
         self.assertIn(f"{truncated}: image", err)
         self.assertNotIn("Starting training", out + err)
+        self.assertEqual(rc, 2)
+        self.assertNotIn("Traceback", out + err)
 
     def test_trains_and_evaluates_on_solaris_export(self):
         out_dir = tempfile.mkdtemp(prefix="seg2-solaris-")
