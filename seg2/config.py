@@ -124,4 +124,9 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.TEST.SEG2 = CN()
     # Number of val images drawn as prediction overlays into OUTPUT_DIR/vis after evaluation.
     cfg.TEST.SEG2.NUM_VIS = 8
+
+    # ---- tools/predict.py (issue 11, predict)
+    # Images per forward pass when predicting on files or video frames (--batch-size
+    # overrides). Batched images are padded to the largest one, as in training.
+    cfg.TEST.SEG2.PREDICT_BATCH_SIZE = 4
     return cfg

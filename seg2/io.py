@@ -28,6 +28,7 @@ __all__ = [
     "atomic_open",
     "write_json",
     "write_png",
+    "image_conversion_note",
 ]
 
 
@@ -143,3 +144,35 @@ def write_png(array: np.ndarray, path: str) -> str:
     with atomic_open(path, "wb") as f:
         Image.fromarray(np.asarray(array)).save(f, format="PNG")
     return path
+
+
+# ---- hook for tools/predict.py (issue 11): which conversion read_image will apply, so the
+# caller can log it. Reads the header only; read_image stays the one place that converts.
+_MODE_NOTES = {
+    "1": "1-bit",
+    "L": "grayscale",
+    "LA": "grayscale with alpha",
+    "P": "palette",
+    "PA": "palette with alpha",
+    "RGBA": "RGBA (alpha dropped)",
+    "CMYK": "CMYK",
+    "I;16": "16-bit grayscale",
+    "I;16B": "16-bit grayscale",
+    "I;16L": "16-bit grayscale",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
+
+
+def image_conversion_note(path: str) -> Optional[str]:
+    """A short note ("16-bit grayscale (I;16)") when ``path`` is not plain 8-bit RGB and
+    :func:`read_image` will convert it; None for RGB or an unreadable header (the read that
+    follows reports that)."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+    except Exception:
+        return None
+    if mode in ("RGB", "YCbCr"):
+        return None
+    return f"{_MODE_NOTES.get(mode, 'non-RGB')} ({mode})"
