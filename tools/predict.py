@@ -35,14 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", default=[], help="image files, folders or globs")
     p.add_argument("--video-input", help="a video file OpenCV can read")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--confidence-threshold", type=float, default=None,
-                   help="minimum instance score, set on the model as Detectron2's demo does "
-                        "(default: the config's; overlays draw scores >= 0.5 then)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (default TEST.SEG2.PREDICT_BATCH_SIZE)")
-    p.add_argument("--image-ids", metavar="COCO_JSON",
-                   help="take image ids from this COCO (or COCO panoptic) JSON, matched by "
-                        "file name, so results score against it (default 1..N)")
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=None,
+        help="minimum instance score, set on the model as Detectron2's demo does "
+        "(default: the config's; overlays draw scores >= 0.5 then)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default TEST.SEG2.PREDICT_BATCH_SIZE)",
+    )
+    p.add_argument(
+        "--image-ids",
+        metavar="COCO_JSON",
+        help="take image ids from this COCO (or COCO panoptic) JSON, matched by "
+        "file name, so results score against it (default 1..N)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p
 
@@ -98,7 +109,13 @@ def run(args) -> int:
     import tqdm
     from detectron2.data import MetadataCatalog
 
-    from seg2.inference import BatchPredictor, assign_image_ids, expand_inputs, predict_images, unique_stems
+    from seg2.inference import (
+        BatchPredictor,
+        assign_image_ids,
+        expand_inputs,
+        predict_images,
+        unique_stems,
+    )
     from seg2.inference.video import annotate_video
     from seg2.utils.visualize import with_class_colors
 
@@ -106,7 +123,9 @@ def run(args) -> int:
         raise InputError("give --input and/or --video-input")
     cfg = setup(args)
     if not cfg.DATASETS.TRAIN:
-        raise InputError("DATASETS.TRAIN is empty: it names the dataset whose classes the model predicts")
+        raise InputError(
+            "DATASETS.TRAIN is empty: it names the dataset whose classes the model predicts"
+        )
     metadata = with_class_colors(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]))
     batch_size = args.batch_size or cfg.TEST.SEG2.PREDICT_BATCH_SIZE
     score_thresh = 0.5 if args.confidence_threshold is None else args.confidence_threshold
@@ -118,17 +137,33 @@ def run(args) -> int:
     if paths:
         with tqdm.tqdm(total=len(paths), unit="img", desc="predict") as bar:
             summary = predict_images(
-                predictor, paths, stems, ids, args.output, metadata, batch_size, score_thresh, bar.update
+                predictor,
+                paths,
+                stems,
+                ids,
+                args.output,
+                metadata,
+                batch_size,
+                score_thresh,
+                bar.update,
             )
         for pattern in missing:
             summary.skipped.append((pattern, "--input matches no file"))
         logger.info("Summary: " + summary.format())
-        logger.info(f"Results in {args.output}: " + ", ".join(os.path.basename(p) for p in summary.written))
+        logger.info(
+            f"Results in {args.output}: " + ", ".join(os.path.basename(p) for p in summary.written)
+        )
         status = 1 if summary.skipped else 0
     if args.video_input:
         with tqdm.tqdm(unit="frame", desc="video") as bar:
             path = annotate_video(
-                predictor, args.video_input, args.output, metadata, batch_size, score_thresh, bar.update
+                predictor,
+                args.video_input,
+                args.output,
+                metadata,
+                batch_size,
+                score_thresh,
+                bar.update,
             )
         logger.info(f"Annotated video: {path}")
     return status

@@ -1,8 +1,10 @@
 """Run an exported TorchScript model on images with the eager model's pre- and
 post-processing: the test resize, padding to a fixed export size, outputs at the image's
 size, Mask R-CNN's mask pasting and the panoptic fusion (which stays Python)."""
+
 import json
 import logging
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -13,7 +15,7 @@ from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_pos
 from detectron2.structures import Boxes, Instances
 
 from ..io import InputError
-from .tracing import MANIFEST
+from .tracing import DEPRECATED, MANIFEST
 
 __all__ = ["ExportedModel", "load_exported"]
 
@@ -29,7 +31,9 @@ def load_exported(path: str, map_location: Optional[str] = None):
 
     extra = {MANIFEST: ""}
     try:
-        module = torch.jit.load(path, map_location=map_location, _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=DEPRECATED, category=FutureWarning)
+            module = torch.jit.load(path, map_location=map_location, _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as e:
         raise InputError(f"{path}: not a TorchScript file ({e})") from None
     if not extra[MANIFEST]:
@@ -112,8 +116,12 @@ class ExportedModel:
         h, w = detected.image_size
         masks = detected.pred_masks
         if getattr(self.fusion, "uses_soft_masks", False):
-            masks = paste_masks_in_image(soft, detected.pred_boxes, (h, w), threshold=-1).float() / 255.0
-        fusion_input = Instances((h, w), pred_masks=masks, scores=detected.scores,
-                                 pred_classes=detected.pred_classes)
+            masks = (
+                paste_masks_in_image(soft, detected.pred_boxes, (h, w), threshold=-1).float()
+                / 255.0
+            )
+        fusion_input = Instances(
+            (h, w), pred_masks=masks, scores=detected.scores, pred_classes=detected.pred_classes
+        )
         m = self.manifest
         return self.fusion(fusion_input, sem.softmax(dim=0), m["thing_ids"], m["stuff_ids"])

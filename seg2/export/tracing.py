@@ -17,6 +17,7 @@ trace holds them fixed: their exports take exactly the traced input size (``inpu
 the manifest, the runtime pads to it). Mask R-CNN traces size-generic (Detectron2's
 tracing support), so its export takes any size.
 """
+
 import json
 import os
 import warnings
@@ -33,10 +34,13 @@ __all__ = ["MANIFEST", "export_kind", "trace_model", "export_torchscript"]
 
 # Name of the manifest stored inside the TorchScript file (and written beside it).
 MANIFEST = "seg2_export.json"
+# torch 2.14 flags TorchScript as deprecated in favour of torch.export; it still works, and
+# Detectron2's export support is TorchScript, so keep the notice out of users' logs.
+DEPRECATED = r".*is deprecated\. Please switch to `torch\.export`"
 
 
 def export_kind(model: torch.nn.Module) -> str:
-    """"semantic", "rcnn" or "panoptic" (a GeneralizedRCNN with a semantic branch)."""
+    """ "semantic", "rcnn" or "panoptic" (a GeneralizedRCNN with a semantic branch)."""
     if isinstance(model, GeneralizedRCNN):
         return "panoptic" if hasattr(model, "sem_seg_head") and hasattr(model, "fusion") else "rcnn"
     if hasattr(model, "sem_seg_head") and hasattr(model, "backbone"):
@@ -77,6 +81,7 @@ def trace_model(model: torch.nn.Module, image: torch.Tensor) -> torch.jit.Script
     with torch.no_grad(), warnings.catch_warnings():
         # Each Python int/bool the trace freezes warns; the module docstring says which.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=DEPRECATED, category=FutureWarning)
         adapter = TracingAdapter(model, [{"image": image}], inference)
         return torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
 
@@ -121,6 +126,8 @@ def export_torchscript(
         )
     traced = trace_model(model.eval(), image)
     with atomic_open(os.path.join(output_dir, "model.ts"), "wb") as f:
-        torch.jit.save(traced, f, _extra_files={MANIFEST: json.dumps(manifest)})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=DEPRECATED, category=FutureWarning)
+            torch.jit.save(traced, f, _extra_files={MANIFEST: json.dumps(manifest)})
     write_json(manifest, os.path.join(output_dir, MANIFEST))
     return manifest

@@ -1,5 +1,6 @@
 """Running a trained model on the user's own images and videos (``tools/predict.py``):
 input listing, batched prediction, result files in the standard formats, overlays."""
+
 from .inputs import assign_image_ids, expand_inputs, unique_stems
 from .predictor import BatchPredictor
 from .run import PredictionSummary, predict_images

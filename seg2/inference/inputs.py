@@ -1,5 +1,6 @@
 """Which files a prediction run reads, the output stem of each, and the image ids results
 carry (so written results match a ground-truth JSON when the user has one)."""
+
 import glob
 import logging
 import os
@@ -19,7 +20,9 @@ def _folder_images(folder: str) -> List[str]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [
+            os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return found
 
 

@@ -1,4 +1,5 @@
 """Batched inference on images in memory, with the evaluation's test-time resize."""
+
 import logging
 import os
 from typing import Dict, List, Sequence

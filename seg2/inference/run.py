@@ -1,5 +1,6 @@
 """The prediction loop of ``tools/predict.py``: read each input, predict in batches, write
 overlays and result files; a file that cannot be read is reported, skipped and counted."""
+
 import logging
 import os
 from dataclasses import dataclass, field

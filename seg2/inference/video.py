@@ -1,5 +1,6 @@
 """Annotate a video: frames read with OpenCV, predicted in batches, overlays written to a new
 video at the same frame rate."""
+
 import logging
 import os
 from typing import Callable, Iterator, List, Optional
@@ -74,11 +75,15 @@ def annotate_video(
     try:
         for frames in _frames(capture, max(1, batch_size)):
             # OpenCV decodes to BGR; the model wants INPUT.FORMAT.
-            images = [frame if predictor.input_format == "BGR" else frame[:, :, ::-1] for frame in frames]
+            images = [
+                frame if predictor.input_format == "BGR" else frame[:, :, ::-1] for frame in frames
+            ]
             for frame, output in zip(frames, predictor(images)):
                 picture = draw_primary(frame[:, :, ::-1], output, metadata, score_thresh)
                 if writer is None:
-                    writer, path = open_video_writer(stem, fps, (picture.shape[1], picture.shape[0]))
+                    writer, path = open_video_writer(
+                        stem, fps, (picture.shape[1], picture.shape[0])
+                    )
                 writer.write(np.ascontiguousarray(picture[:, :, ::-1]))
                 n += 1
             if progress is not None:

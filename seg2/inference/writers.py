@@ -11,6 +11,7 @@ pycocotools and panopticapi-style tools:
   map from image ids to input files (COCO results lists have no room for it; the same list
   is ``panoptic.json``'s ``images``).
 """
+
 import os
 from typing import Dict, List, Optional
 
@@ -18,7 +19,13 @@ import numpy as np
 import torch
 
 from ..io import write_json, write_png
-from ..structures.panoptic import VOID, dataset_category, id2rgb, invert_id_map, segments_from_labels
+from ..structures.panoptic import (
+    VOID,
+    dataset_category,
+    id2rgb,
+    invert_id_map,
+    segments_from_labels,
+)
 
 __all__ = ["ResultWriter", "dataset_categories"]
 
@@ -37,8 +44,11 @@ def dataset_categories(metadata) -> List[Dict]:
         names = metadata.get(names_key, None) or []
         colors = metadata.get(colors_key, None) or []
         for contiguous, dataset_id in table.items():
-            cat = {"id": dataset_id, "name": names[contiguous] if contiguous < len(names) else str(dataset_id),
-                   "isthing": isthing}
+            cat = {
+                "id": dataset_id,
+                "name": names[contiguous] if contiguous < len(names) else str(dataset_id),
+                "isthing": isthing,
+            }
             if contiguous < len(colors):
                 cat["color"] = [int(c) for c in colors[contiguous]]
             cats[dataset_id] = cat
@@ -47,7 +57,12 @@ def dataset_categories(metadata) -> List[Dict]:
 
 def _bbox_xywh(mask: np.ndarray) -> List[int]:
     ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return [
+        int(xs.min()),
+        int(ys.min()),
+        int(xs.max() - xs.min() + 1),
+        int(ys.max() - ys.min() + 1),
+    ]
 
 
 class ResultWriter:
@@ -63,8 +78,12 @@ class ResultWriter:
         """
         self.output_dir = output_dir
         self.metadata = metadata
-        self._thing_to_dataset = invert_id_map(metadata.get("thing_dataset_id_to_contiguous_id", None))
-        self._stuff_to_dataset = invert_id_map(metadata.get("stuff_dataset_id_to_contiguous_id", None))
+        self._thing_to_dataset = invert_id_map(
+            metadata.get("thing_dataset_id_to_contiguous_id", None)
+        )
+        self._stuff_to_dataset = invert_id_map(
+            metadata.get("stuff_dataset_id_to_contiguous_id", None)
+        )
         self.images: List[Dict] = []
         self.instances: List[Dict] = []
         self.panoptic: List[Dict] = []
@@ -87,7 +106,9 @@ class ResultWriter:
             seg, info = output["panoptic_seg"]
             height, width = seg.shape[-2:]
             self.panoptic.append(self._panoptic(seg, info, image_id, stem))
-        self.images.append({"id": image_id, "file_name": path, "height": int(height), "width": int(width)})
+        self.images.append(
+            {"id": image_id, "file_name": path, "height": int(height), "width": int(width)}
+        )
 
     def _coco_results(self, inst, image_id: int) -> List[Dict]:
         from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -98,7 +119,9 @@ class ResultWriter:
                 r["category_id"] = self._thing_to_dataset[r["category_id"]]
         return results
 
-    def _panoptic(self, seg: torch.Tensor, info: Optional[List[Dict]], image_id: int, stem: str) -> Dict:
+    def _panoptic(
+        self, seg: torch.Tensor, info: Optional[List[Dict]], image_id: int, stem: str
+    ) -> Dict:
         ids = seg.cpu().numpy().astype(np.int64)
         if info is None:  # Detectron2's category * label_divisor + instance convention
             ids, info = segments_from_labels(
@@ -128,7 +151,9 @@ class ResultWriter:
 
     def close(self) -> List[str]:
         """Write the JSON files; returns their paths."""
-        written = [write_json({"images": self.images}, os.path.join(self.output_dir, "images.json"))]
+        written = [
+            write_json({"images": self.images}, os.path.join(self.output_dir, "images.json"))
+        ]
         if self.panoptic:
             written.append(
                 write_json(
@@ -141,5 +166,9 @@ class ResultWriter:
                 )
             )
         if self._predicts_instances:  # also when nothing was detected: an empty list
-            written.append(write_json(self.instances, os.path.join(self.output_dir, "instances.json"), indent=None))
+            written.append(
+                write_json(
+                    self.instances, os.path.join(self.output_dir, "instances.json"), indent=None
+                )
+            )
         return written

@@ -1,4 +1,5 @@
 """Prediction overlays: ground truth beside prediction, per image and as one overview grid."""
+
 import logging
 import os
 from typing import Dict, List
@@ -37,7 +38,11 @@ def _label(canvas: np.ndarray, text: str) -> np.ndarray:
 
 
 def draw_prediction(
-    image_rgb: np.ndarray, record: Dict, output: Dict, metadata, scale: float = 2.0,
+    image_rgb: np.ndarray,
+    record: Dict,
+    output: Dict,
+    metadata,
+    scale: float = 2.0,
     score_thresh: float = 0.5,
 ) -> np.ndarray:
     """Panels [ground truth, one per predicted output key] side by side.
@@ -55,7 +60,9 @@ def draw_prediction(
     if "pan_seg_file_name" in record and metadata.get("thing_classes", None) is not None:
         # Detectron2's draw_dataset_dict needs panopticapi for this; decode the PNG ourselves.
         ids = read_panoptic_png(record["pan_seg_file_name"])
-        gt = vis.draw_panoptic_seg(torch.from_numpy(ids), [dict(s) for s in record["segments_info"]])
+        gt = vis.draw_panoptic_seg(
+            torch.from_numpy(ids), [dict(s) for s in record["segments_info"]]
+        )
     else:  # semantic-only metadata: draw the label PNG
         gt = vis.draw_dataset_dict({k: v for k, v in record.items() if k != "pan_seg_file_name"})
     panels = [_label(gt.get_image(), "ground truth")]
@@ -72,7 +79,10 @@ def draw_prediction(
         inst = inst[inst.scores >= score_thresh]
         vis = Visualizer(image_rgb, metadata, scale=scale, instance_mode=mode)
         panels.append(
-            _label(vis.draw_instance_predictions(inst).get_image(), f"instances (score>={score_thresh})")
+            _label(
+                vis.draw_instance_predictions(inst).get_image(),
+                f"instances (score>={score_thresh})",
+            )
         )
     h = max(p.shape[0] for p in panels)
     panels = [np.pad(p, ((0, h - p.shape[0]), (0, 4), (0, 0)), constant_values=255) for p in panels]
@@ -100,13 +110,17 @@ def save_prediction_overlays(
         output = model([mapper(record)])[0]
         image = utils.read_image(record["file_name"], format="RGB")
         picture = draw_prediction(image, record, output, metadata)
-        path = os.path.join(output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        path = os.path.join(
+            output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png"
+        )
         Image.fromarray(picture).save(path)
         rows.append(picture)
         paths.append(path)
     model.train(was_training)
     width = max(r.shape[1] for r in rows)
-    grid = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+    grid = np.concatenate(
+        [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    )
     overview = os.path.join(output_dir, "overview.png")
     Image.fromarray(grid).save(overview)
     logger.info(f"Wrote {len(paths)} prediction overlays and {overview}")
@@ -152,12 +166,22 @@ def draw_legend(width: int, names: List[str], colors: List, font_scale: float = 
         for x, name, color in row:
             c = tuple(int(v) for v in color)
             cv2.rectangle(strip, (x, y + 3), (x + swatch, y + 3 + swatch), c, -1)
-            cv2.putText(strip, name, (x + swatch + 4, y + 12), cv2.FONT_HERSHEY_SIMPLEX,
-                        font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(
+                strip,
+                name,
+                (x + swatch + 4, y + 12),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                font_scale,
+                (0, 0, 0),
+                1,
+                cv2.LINE_AA,
+            )
     return strip
 
 
-def _panel(kind: str, image_rgb: np.ndarray, output: Dict, metadata, score_thresh: float) -> np.ndarray:
+def _panel(
+    kind: str, image_rgb: np.ndarray, output: Dict, metadata, score_thresh: float
+) -> np.ndarray:
     vis = Visualizer(image_rgb, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
     if kind == "panoptic_seg":
         seg, info = output["panoptic_seg"]
@@ -176,7 +200,9 @@ _ORDER = ("panoptic_seg", "sem_seg", "instances")
 _TITLES = {"panoptic_seg": "panoptic", "sem_seg": "semantic", "instances": "instances"}
 
 
-def draw_outputs(image_rgb: np.ndarray, output: Dict, metadata, score_thresh: float = 0.5) -> np.ndarray:
+def draw_outputs(
+    image_rgb: np.ndarray, output: Dict, metadata, score_thresh: float = 0.5
+) -> np.ndarray:
     """One captioned panel per output the model gave, side by side: panoptic (things and
     stuff), semantic (class colours + legend), instances (masks, boxes, class, score >=
     ``score_thresh``). ``metadata`` should come from :func:`with_class_colors`.
@@ -194,7 +220,9 @@ def draw_outputs(image_rgb: np.ndarray, output: Dict, metadata, score_thresh: fl
     return np.concatenate(panels, axis=1)[:, :-4]
 
 
-def draw_primary(image_rgb: np.ndarray, output: Dict, metadata, score_thresh: float = 0.5) -> np.ndarray:
+def draw_primary(
+    image_rgb: np.ndarray, output: Dict, metadata, score_thresh: float = 0.5
+) -> np.ndarray:
     """The one most complete overlay (panoptic, else semantic with legend, else instances),
     uncaptioned: a video frame. Its size depends only on the frame size and the classes."""
     kind = next(k for k in _ORDER if k in output)

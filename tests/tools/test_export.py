@@ -2,6 +2,7 @@
 export on semantic models (FCN-8s with transposed upsampling, U-Net in copy-and-crop mode,
 DeconvNet) and Mask R-CNN; every exported file is loaded and run in a fresh process, and
 its outputs are compared with the eager model's on the same images."""
+
 import os
 import subprocess
 import sys
@@ -25,15 +26,18 @@ from seg2_testing import REPO_ROOT, get_seg2_cfg, tiny_synthetic_root
 PANOPTIC = "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
 LIBRARY_EXPORTS = {
     "fcn8s": ("Synthetic-SemanticSegmentation/fcn8s_R_18_synthetic.yaml", []),
-    "unet_crop": ("Synthetic-SemanticSegmentation/unet_classic_synthetic.yaml",
-                  ["MODEL.SEG2.UNET.SKIP_MODE", "crop", "MODEL.SEG2.UNET.BASE_CHANNELS", "8"]),
+    "unet_crop": (
+        "Synthetic-SemanticSegmentation/unet_classic_synthetic.yaml",
+        ["MODEL.SEG2.UNET.SKIP_MODE", "crop", "MODEL.SEG2.UNET.BASE_CHANNELS", "8"],
+    ),
     "deconvnet": ("Synthetic-SemanticSegmentation/deconvnet_R_18_synthetic.yaml", []),
     "mask_rcnn": ("Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml", []),
 }
 LOGIT_ATOL = 1e-4  # stated tolerance for logits and scores (float32, same kernels)
 
 # Runs in a fresh interpreter: only the exported files and seg2.export's runner.
-RUNNER = textwrap.dedent("""
+RUNNER = textwrap.dedent(
+    """
     import sys, torch
     from seg2.export import ExportedModel
     from seg2.io import read_image
@@ -48,7 +52,8 @@ RUNNER = textwrap.dedent("""
             res.append(o)
         out[name] = (model.manifest, res)
     torch.save(out, f"{sys.argv[1]}/exported_outputs.pt")
-""")
+"""
+)
 
 
 def _randomize_scores(model):
@@ -67,10 +72,16 @@ class TestExport(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="seg2-export-")
         val = os.path.join(cls.root, "images", "val")
         odd = os.path.join(cls.tmp, "odd.png")  # not the traced size
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)).save(odd)
+        Image.fromarray(
+            np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+        ).save(odd)
         cls.images = [os.path.join(val, "000000.png"), os.path.join(val, "000001.png"), odd]
-        env = dict(os.environ, DETECTRON2_DATASETS=os.path.dirname(cls.root), OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(REPO_ROOT))
+        env = dict(
+            os.environ,
+            DETECTRON2_DATASETS=os.path.dirname(cls.root),
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=str(REPO_ROOT),
+        )
 
         cls.predictors = {}
         torch.manual_seed(0)
@@ -85,10 +96,23 @@ class TestExport(unittest.TestCase):
 
         # the tool, as a user runs it (sample image: first of DATASETS.TEST[0])
         proc = subprocess.run(
-            [sys.executable, "tools/export_model.py", "--config-file", f"configs/{PANOPTIC}",
-             "--output", os.path.join(cls.tmp, "panoptic"), "MODEL.WEIGHTS",
-             os.path.join(cls.tmp, "panoptic.pth"), "MODEL.DEVICE", "cpu"],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "tools/export_model.py",
+                "--config-file",
+                f"configs/{PANOPTIC}",
+                "--output",
+                os.path.join(cls.tmp, "panoptic"),
+                "MODEL.WEIGHTS",
+                os.path.join(cls.tmp, "panoptic.pth"),
+                "MODEL.DEVICE",
+                "cpu",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         # the library on the others, traced on the same first val image
@@ -101,8 +125,20 @@ class TestExport(unittest.TestCase):
             export_torchscript(predictor.cfg, predictor.model, tensor, os.path.join(cls.tmp, name))
 
         proc = subprocess.run(
-            [sys.executable, "-c", RUNNER, cls.tmp, ",".join(cls.images), "panoptic", *LIBRARY_EXPORTS],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-c",
+                RUNNER,
+                cls.tmp,
+                ",".join(cls.images),
+                "panoptic",
+                *LIBRARY_EXPORTS,
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         cls.exported = torch.load(os.path.join(cls.tmp, "exported_outputs.pt"), weights_only=False)
@@ -119,8 +155,12 @@ class TestExport(unittest.TestCase):
     def assert_instances_equal(self, eager, exported):
         self.assertGreater(len(eager), 0)
         self.assertTrue(torch.equal(exported["pred_classes"], eager.pred_classes))
-        np.testing.assert_allclose(exported["scores"].numpy(), eager.scores.numpy(), atol=LOGIT_ATOL)
-        np.testing.assert_allclose(exported["pred_boxes"].numpy(), eager.pred_boxes.tensor.numpy(), atol=1e-3)
+        np.testing.assert_allclose(
+            exported["scores"].numpy(), eager.scores.numpy(), atol=LOGIT_ATOL
+        )
+        np.testing.assert_allclose(
+            exported["pred_boxes"].numpy(), eager.pred_boxes.tensor.numpy(), atol=1e-3
+        )
         self.assertTrue(torch.equal(exported["pred_masks"], eager.pred_masks))
 
     def test_semantic_heads(self):
@@ -138,7 +178,9 @@ class TestExport(unittest.TestCase):
         self.assertEqual((manifest["kind"], manifest["fixed_input_size"]), ("rcnn", False))
         for path, out in zip(self.images, outs):  # the odd size too: the trace is size-generic
             with self.subTest(image=os.path.basename(path)):
-                self.assert_instances_equal(self.eager("mask_rcnn", path)["instances"], out["instances"])
+                self.assert_instances_equal(
+                    self.eager("mask_rcnn", path)["instances"], out["instances"]
+                )
 
     def test_panoptic_with_fusion(self):
         manifest, outs = self.exported["panoptic"]
@@ -151,3 +193,15 @@ class TestExport(unittest.TestCase):
             self.assertEqual(out["panoptic_seg"][1], eager["panoptic_seg"][1])
             self.assertTrue(eager["panoptic_seg"][1])  # some segments to compare
         self.assertEqual(tuple(outs[2]["panoptic_seg"][0].shape), (100, 150))
+
+
+class TestLoadErrors(unittest.TestCase):
+    def test_not_a_torchscript_file(self):
+        from seg2.export import load_exported
+        from seg2.io import InputError
+
+        path = os.path.join(tempfile.mkdtemp(prefix="seg2-export-"), "model.ts")
+        with open(path, "wb") as f:
+            f.write(b"not a zip archive")
+        with self.assertRaisesRegex(InputError, "model.ts: not a TorchScript file"):
+            load_exported(path)
