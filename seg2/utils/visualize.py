@@ -213,7 +213,7 @@ def draw_outputs(
     panels = []
     for kind in _ORDER:
         if kind in output:
-            title = _TITLES[kind] + (f" (score>={score_thresh:g})" if kind == "instances" else "")
+            title = _TITLES[kind] + (f" >={score_thresh:g}" if kind == "instances" else "")
             panels.append(_label(_panel(kind, image_rgb, output, metadata, score_thresh), title))
     h = max(p.shape[0] for p in panels)
     panels = [np.pad(p, ((0, h - p.shape[0]), (0, 4), (0, 0)), constant_values=255) for p in panels]
