@@ -121,6 +121,8 @@ def run(args) -> int:
 
     if not args.input and not args.video_input:
         raise InputError("give --input and/or --video-input")
+    if args.video_input and not os.path.isfile(args.video_input):
+        raise InputError(f"{args.video_input}: video file not found (--video-input)")
     cfg = setup(args)
     if not cfg.DATASETS.TRAIN:
         raise InputError(
