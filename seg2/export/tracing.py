@@ -28,7 +28,7 @@ from detectron2.config import CfgNode
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 
-from ..io import atomic_open, write_json
+from ..io import InputError, atomic_open, write_json
 
 __all__ = ["MANIFEST", "export_kind", "trace_model", "export_torchscript"]
 
@@ -42,12 +42,19 @@ DEPRECATED = r".*is deprecated\. Please switch to `torch\.export`"
 def export_kind(model: torch.nn.Module) -> str:
     """ "semantic", "rcnn" or "panoptic" (a GeneralizedRCNN with a semantic branch)."""
     if isinstance(model, GeneralizedRCNN):
-        return "panoptic" if hasattr(model, "sem_seg_head") and hasattr(model, "fusion") else "rcnn"
+        if not hasattr(model, "sem_seg_head"):
+            return "rcnn"
+        if hasattr(model, "fusion"):
+            return "panoptic"
+        raise InputError(
+            f"MODEL.META_ARCHITECTURE {type(model).__name__}: a semantic branch without a seg2 "
+            "fusion (e.g. Detectron2's PanopticFPN) cannot be exported; Seg2PanopticRCNN can"
+        )
     if hasattr(model, "sem_seg_head") and hasattr(model, "backbone"):
         return "semantic"
-    raise ValueError(
-        f"export: {type(model).__name__} is not a semantic segmentor, GeneralizedRCNN or "
-        "Seg2PanopticRCNN"
+    raise InputError(
+        f"MODEL.META_ARCHITECTURE {type(model).__name__}: export supports semantic "
+        "segmentors, GeneralizedRCNN and Seg2PanopticRCNN"
     )
 
 
