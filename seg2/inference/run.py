@@ -9,7 +9,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, image_conversion_note, read_image
+from ..io import InputError, atomic_open, image_conversion_note, read_image
 from ..utils.visualize import draw_outputs
 from .predictor import BatchPredictor
 from .writers import ResultWriter
@@ -97,8 +97,8 @@ def predict_images(
             writer.add(image_id, path, stem, output)
             picture = draw_outputs(to_rgb(image, fmt), output, metadata, score_thresh)
             vis_path = os.path.join(output_dir, "vis", stem + ".jpg")
-            os.makedirs(os.path.dirname(vis_path), exist_ok=True)
-            Image.fromarray(picture).save(vis_path, quality=90)
+            with atomic_open(vis_path, "wb") as f:
+                Image.fromarray(picture).save(f, format="JPEG", quality=90)
         summary.predicted += len(kept)
         if progress is not None:
             progress(len(batch))

@@ -9,12 +9,10 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.data import detection_utils as utils
 from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image
 
 from ..data.dataset_mapper import Seg2DatasetMapper
-from ..io import read_panoptic_png
+from ..io import read_image, read_panoptic_png, write_png
 
 __all__ = [
     "draw_prediction",
@@ -108,12 +106,12 @@ def save_prediction_overlays(
     rows, paths = [], []
     for record in DatasetCatalog.get(dataset_name)[:num]:
         output = model([mapper(record)])[0]
-        image = utils.read_image(record["file_name"], format="RGB")
+        image = read_image(record["file_name"], format="RGB")
         picture = draw_prediction(image, record, output, metadata)
         path = os.path.join(
             output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png"
         )
-        Image.fromarray(picture).save(path)
+        write_png(picture, path)
         rows.append(picture)
         paths.append(path)
     model.train(was_training)
@@ -122,7 +120,7 @@ def save_prediction_overlays(
         [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     )
     overview = os.path.join(output_dir, "overview.png")
-    Image.fromarray(grid).save(overview)
+    write_png(grid, overview)
     logger.info(f"Wrote {len(paths)} prediction overlays and {overview}")
     return paths + [overview]
 
