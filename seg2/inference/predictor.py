@@ -11,6 +11,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from ..capabilities import model_capabilities
 from ..data.augmentations import build_augmentations
 from ..io import InputError
 
@@ -44,6 +45,10 @@ class BatchPredictor:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
         self.augmentations = T.AugmentationList(build_augmentations(self.cfg, is_train=False))
         self.input_format = cfg.INPUT.FORMAT
+        # Output keys the architecture declares ("boxes" = instances without masks); others
+        # (PanopticFPN's sem_seg, whose class 0 merges all things) are not results.
+        outputs = model_capabilities(self.cfg).outputs
+        self.tasks = {"instances" if k == "boxes" else k for k in outputs}
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> List[Dict]:
@@ -53,7 +58,8 @@ class BatchPredictor:
                 returns them).
 
         Returns:
-            the model's outputs, one dict per image, at the image's (H, W).
+            the model's outputs, one dict per image, at the image's (H, W), with the keys
+            of :attr:`tasks`.
         """
         inputs = []
         for image in images:
@@ -62,4 +68,4 @@ class BatchPredictor:
             self.augmentations(aug)
             tensor = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)))
             inputs.append({"image": tensor, "height": height, "width": width})
-        return self.model(inputs)
+        return [{k: v for k, v in out.items() if k in self.tasks} for out in self.model(inputs)]
