@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt setup.py | sha256sum | cut -c1-16)
+STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt requirements-bench.txt setup.py | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(STAMP_KEY)
 DATA := datasets/synthetic
 DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml
@@ -15,7 +15,7 @@ DEMO_OUT := output/demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-extra.txt setup.py
+$(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt
 	# Detectron2 is published as sal-detectron2, a wheel tagged for Python 3.10 (pure Python).
@@ -26,6 +26,8 @@ $(STAMP): requirements.txt requirements-extra.txt setup.py
 	# Packages used only for the data they ship (stardist's nuclei image), without their
 	# heavy dependencies (see requirements-extra.txt).
 	$(PIP) install -q --no-deps -r requirements-extra.txt
+	# Peers that only benchmarks and reference tests compare against (not used by seg2).
+	$(PIP) install -q -r requirements-bench.txt
 	# pip check must be clean except for stardist's deliberately absent dependencies.
 	$(PIP) check > $(VENV)/pip-check.txt || true
 	@if grep -v -e '^stardist ' -e '^No broken' $(VENV)/pip-check.txt; then \

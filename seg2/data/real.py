@@ -38,6 +38,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from scipy import ndimage
 
 from ..io import write_json, write_png
+from ..structures.instances import separation_lines, touching_instances  # noqa: F401
 from ..structures.panoptic import id2rgb
 from .datasets import DatasetFormatError, load_coco_panoptic
 from .synthetic.meta import IGNORE_LABEL
@@ -109,54 +110,6 @@ def read_stardist_nuclei() -> Tuple[np.ndarray, np.ndarray]:
             f"got {image.shape} and {mask.shape}"
         )
     return image, mask.astype(np.int32)
-
-
-def touching_instances(instance_ids: np.ndarray) -> np.ndarray:
-    """Ids of instances 8-adjacent to another instance.
-
-    Args:
-        instance_ids: (H, W) int, 0 = none.
-
-    Returns:
-        sorted 1-D array of ids.
-    """
-    ids = np.asarray(instance_ids)
-    touching = set()
-    h, w = ids.shape
-    # Each unordered neighbour pair once: right, down, down-right, down-left.
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        a = ids[: h - dy, max(0, -dx) : w - max(0, dx)]
-        b = ids[dy:, max(0, dx) : w - max(0, -dx)]
-        contact = (a != b) & (a > 0) & (b > 0)
-        touching.update(a[contact].tolist())
-        touching.update(b[contact].tolist())
-    return np.array(sorted(touching), dtype=np.int64)
-
-
-def separation_lines(instance_ids: np.ndarray) -> np.ndarray:
-    """Pixels to set to background so that no two instances stay 8-adjacent.
-
-    Of every 8-adjacent pair of pixels from different instances, the one whose instance id
-    is smaller is marked; removing the marked pixels leaves one-pixel background lines
-    between touching instances and every other pixel as it was.
-
-    Args:
-        instance_ids: (H, W) int, 0 = none.
-
-    Returns:
-        (H, W) bool.
-    """
-    ids = np.asarray(instance_ids)
-    h, w = ids.shape
-    marked = np.zeros(ids.shape, dtype=bool)
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        ya, xa = np.s_[: h - dy], np.s_[max(0, -dx) : w - max(0, dx)]
-        yb, xb = np.s_[dy:], np.s_[max(0, dx) : w - max(0, -dx)]
-        a, b = ids[ya, xa], ids[yb, xb]
-        contact = (a != b) & (a > 0) & (b > 0)
-        marked[ya, xa] |= contact & (a < b)
-        marked[yb, xb] |= contact & (b < a)
-    return marked
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

@@ -29,6 +29,12 @@ def _semantic(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
     return Seg2SemSegEvaluator(name, output_dir=out)
 
 
+def _boundary(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
+    from .boundary import Seg2BoundaryEvaluator
+
+    return Seg2BoundaryEvaluator(name)
+
+
 def _panoptic(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
     from .panoptic import Seg2PanopticEvaluator
 
@@ -93,6 +99,8 @@ def build_evaluators(
         if task in wanted and factory not in made:
             made.add(factory)
             evaluators.append(factory(dataset_name, output_folder, cfg))
+    if cfg.TEST.SEG2.BOUNDARY_EVAL and table.get("sem_seg") is _semantic and "sem_seg" in wanted:
+        evaluators.append(_boundary(dataset_name, output_folder, cfg))
     if not evaluators:
         raise ValueError(
             f"Nothing to evaluate: dataset '{dataset_name}' has {sorted(table)} ground truth, "

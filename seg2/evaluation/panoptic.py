@@ -3,7 +3,6 @@ scored by seg2's PQ engine (:mod:`seg2.evaluation.pq`)."""
 import contextlib
 import copy
 import io
-import itertools
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ from typing import Dict, List, Optional
 import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from PIL import Image
 
 from ..io import InputError
@@ -25,6 +23,7 @@ from ..structures.panoptic import (
     invert_id_map,
     segments_from_labels,
 )
+from .gather import gather_on_main
 from .pq import format_pq_table, load_panoptic_json, panoptic_categories, pq_compute_files
 
 __all__ = ["Seg2PanopticEvaluator"]
@@ -145,16 +144,14 @@ class Seg2PanopticEvaluator(DatasetEvaluator):
             ``{"panoptic_seg": {PQ, SQ, RQ, PQ_th, ..., RQ_st, PQ-<class>, ...}}`` (percent) on
             the main process, None elsewhere.
         """
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            if not comm.is_main_process():
-                return None
-        else:
-            predictions = self._predictions
+        predictions = gather_on_main(self._predictions, self._distributed)
+        if predictions is None:
+            return None
         if not predictions:
-            logger.warning(f"[Seg2PanopticEvaluator] no predictions for '{self._dataset_name}'")
-            return OrderedDict()
+            raise InputError(
+                f"[Seg2PanopticEvaluator] dataset '{self._dataset_name}': no image was "
+                "evaluated (the dataset is empty)"
+            )
         predictions = copy.copy(predictions)
 
         names = [p["file_name"] for p in predictions]

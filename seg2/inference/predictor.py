@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from ..capabilities import model_capabilities
 from ..data.augmentations import build_augmentations
-from ..io import InputError
+from ..io import BitDepthRule, InputError
 
 __all__ = ["BatchPredictor"]
 
@@ -45,6 +45,8 @@ class BatchPredictor:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
         self.augmentations = T.AugmentationList(build_augmentations(self.cfg, is_train=False))
         self.input_format = cfg.INPUT.FORMAT
+        # How >8-bit images become 8-bit (INPUT.SEG2.BIT_DEPTH), as in training.
+        self.bit_depth = BitDepthRule.from_cfg(self.cfg)
         # Output keys the architecture declares ("boxes" = instances without masks); others
         # (PanopticFPN's sem_seg, whose class 0 merges all things) are not results.
         outputs = model_capabilities(self.cfg).outputs

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, atomic_open, image_conversion_note, read_image
+from ..io import BitDepthRule, InputError, atomic_open, load_image
 from ..utils.visualize import draw_outputs
 from .predictor import BatchPredictor
 from .writers import ResultWriter
@@ -30,8 +30,8 @@ class PredictionSummary:
 
     def format(self) -> str:
         lines = [f"{self.predicted} image(s) predicted, {len(self.skipped)} skipped"]
-        for kind, count in sorted(self.converted.items()):
-            lines.append(f"  {count} converted from {kind}")
+        for note, count in sorted(self.converted.items()):
+            lines.append(f"  {count} x {note}")
         for path, reason in self.skipped:
             lines.append(f"  skipped {path}: {reason}")
         return "\n".join(lines)
@@ -42,6 +42,18 @@ def to_rgb(image: np.ndarray, input_format: str) -> np.ndarray:
     from detectron2.data.detection_utils import convert_image_to_rgb
 
     return np.asarray(convert_image_to_rgb(image, input_format))
+
+
+def _read(path: str, fmt: str, bit_depth: BitDepthRule) -> Tuple[np.ndarray, List[str]]:
+    """:func:`seg2.io.read_image`, keeping :func:`seg2.io.load_image`'s conversion notes
+    (read_image drops them) so the run can report them."""
+    from detectron2.data.detection_utils import convert_PIL_to_numpy
+
+    img, notes = load_image(path, bit_depth)
+    try:
+        return convert_PIL_to_numpy(img, fmt), notes
+    except Exception as e:
+        raise InputError(f"{path}: cannot convert image ({type(e).__name__}: {e})") from None
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -81,15 +93,15 @@ def predict_images(
     for batch in _batches(list(zip(paths, stems, image_ids)), max(1, batch_size)):
         images, kept = [], []
         for path, stem, image_id in batch:
-            note = image_conversion_note(path)
             try:
-                images.append(read_image(path, fmt))
+                image, notes = _read(path, fmt, predictor.bit_depth)
             except InputError as e:
                 logger.error(f"skipping {path}: {e}")
                 summary.skipped.append((path, str(e)))
                 continue
-            if note:
-                logger.info(f"{path}: {note} image converted to {fmt}")
+            images.append(image)
+            for note in notes:
+                logger.info(f"{path}: {note}")
                 summary.converted[note] = summary.converted.get(note, 0) + 1
             kept.append((path, stem, image_id))
         outputs = predictor(images) if images else []

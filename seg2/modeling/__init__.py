@@ -1,4 +1,6 @@
-"""Importing this package registers seg2's heads, backbones, meta-architectures and ops."""
+"""Models: semantic heads, the upsampling-op registry, losses, meta-architectures (each
+declaring its ``seg2_capabilities``) and things/stuff fusion. Importing this package
+registers seg2's heads, backbones, meta-architectures and ops."""
 from . import (  # noqa: F401
     backbone,
     fusion,

@@ -21,7 +21,7 @@ transposed    learned transposed convolution (optionally           natural .. na
 """
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode
@@ -32,6 +32,7 @@ from torch.nn import functional as F
 __all__ = [
     "UPSAMPLE_REGISTRY",
     "build_upsample",
+    "upsample_names",
     "UpsampleOp",
     "NearestUpsample",
     "BedOfNailsUpsample",
@@ -45,8 +46,10 @@ __all__ = [
 
 UPSAMPLE_REGISTRY = Registry("UPSAMPLE")
 UPSAMPLE_REGISTRY.__doc__ = """
-Registry for upsampling ops, keyed by the lowercase names of ``MODEL.SEG2.UPSAMPLE.NAME``
-(``nearest``, ``bed_of_nails``, ``max_unpool``, ``bilinear``, ``transposed``).
+Registry for upsampling ops, keyed by class name (fvcore's public ``register``). Each class
+also carries ``registered_name``, the lowercase name ``MODEL.SEG2.UPSAMPLE.NAME`` uses
+(``nearest``, ``bed_of_nails``, ``max_unpool``, ``bilinear``, ``transposed``); either
+name builds it.
 
 The registered class is constructed as ``op = cls(channels: int, scale: int = 2,
 **op_kwargs)`` and called as ``y = op(x, output_size=None, indices=None)`` with
@@ -61,14 +64,19 @@ Size2 = Tuple[int, int]
 
 
 def _register(name: str):
-    """Register under a lowercase config name (fvcore's ``register`` uses ``__name__``)."""
+    """Register the class (under its class name) and give it its lowercase config name."""
 
     def deco(cls):
-        UPSAMPLE_REGISTRY._do_register(name, cls)
         cls.registered_name = name
+        UPSAMPLE_REGISTRY.register(cls)
         return cls
 
     return deco
+
+
+def upsample_names() -> Dict[str, type]:
+    """Config name -> op class, for every registered op."""
+    return {getattr(cls, "registered_name", "") or key: cls for key, cls in UPSAMPLE_REGISTRY}
 
 
 def _pair(v: Union[int, Sequence[int]]) -> Size2:
@@ -375,9 +383,11 @@ def build_upsample(
         defaults = {"bilinear": {"align_corners": up.ALIGN_CORNERS}}
         defaults["transposed"] = {"bilinear_init": up.BILINEAR_INIT}
         op_kwargs = {**defaults.get(name, {}), **op_kwargs}
-    if name not in UPSAMPLE_REGISTRY:
+    ops = upsample_names()
+    if name in UPSAMPLE_REGISTRY:  # the class name works too
+        name = getattr(UPSAMPLE_REGISTRY.get(name), "registered_name", name)
+    if name not in ops:
         raise KeyError(
-            f"MODEL.SEG2.UPSAMPLE.NAME: unknown upsampling op {name!r}; registered: "
-            f"{sorted(k for k, _ in UPSAMPLE_REGISTRY)}"
+            f"MODEL.SEG2.UPSAMPLE.NAME: unknown upsampling op {name!r}; registered: {sorted(ops)}"
         )
-    return UPSAMPLE_REGISTRY.get(name)(channels, scale, **op_kwargs)
+    return ops[name](channels, scale, **op_kwargs)

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from seg2.modeling.upsample import (
     UPSAMPLE_REGISTRY,
+    upsample_names,
     BedOfNailsUpsample,
     BilinearUpsample,
     MaxPoolWithSwitches,
@@ -140,7 +141,10 @@ class TestRegistry(unittest.TestCase):
             "bilinear": BilinearUpsample,
             "transposed": TransposedUpsample,
         }
-        self.assertEqual({k: v for k, v in UPSAMPLE_REGISTRY}, expected)
+        self.assertEqual(upsample_names(), expected)
+        # registered under the class name, through fvcore's public register
+        self.assertEqual({k: v for k, v in UPSAMPLE_REGISTRY}, {v.__name__: v for v in expected.values()})
+        self.assertIsInstance(build_upsample("BilinearUpsample", 4, 2), BilinearUpsample)
         x = torch.randn(1, 4, 3, 5)
         for name in expected:
             op = build_upsample(name, 4, 2)

@@ -242,7 +242,12 @@ class TestPredict(unittest.TestCase):
         self.assertNotIn("Traceback", log)
         self.assertIn("4 image(s) predicted, 2 skipped", log)
         self.assertIn(f"skipped {os.path.join(src, 'broken.png')}", log)
-        for note in ("grayscale (L)", "RGBA (alpha dropped) (RGBA)", "16-bit grayscale (I;16)"):
+        for note in (  # seg2.io.load_image's notes, each counted in the summary
+            "1 x EXIF orientation 6 applied",
+            "1 x grayscale (L) image replicated to 3 channels",
+            "1 x RGBA image converted to RGB, alpha dropped",
+            "1 x uint16 single-band image scaled to 8 bits by per-image min-max stretch",
+        ):
             self.assertIn(note, log)
         # results at the upright size: EXIF-rotated 64x48 -> 64 rows, 48 columns
         expected = {"rotated": (64, 48), "gray": (48, 64), "rgba": (48, 64), "deep": (40, 50)}

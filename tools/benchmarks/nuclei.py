@@ -29,7 +29,8 @@ from detectron2.utils.env import seed_all_rng
 from PIL import Image
 from scipy import ndimage
 
-from seg2.data.real import register_nuclei, touching_instances
+from seg2.data.real import register_nuclei
+from seg2.evaluation.boundary import instance_separation, separation_summary
 from seg2.engine import Seg2Trainer
 from seg2.evaluation.build import build_evaluators
 from .common import get_seg2_cfg
@@ -56,74 +57,31 @@ _NUCLEUS = 1  # contiguous id of the nucleus class
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
-def separation_metrics(
-    pred_foreground: np.ndarray, gt_instances: np.ndarray, min_cover: float = 0.5
-) -> Dict[str, float]:
-    """Object-level scores of a binary prediction against instance ground truth.
-
-    Predicted objects are the 8-connected components of ``pred_foreground``. A GT nucleus
-    ``g`` is **separated** if one predicted component covers more than ``min_cover`` of
-    ``g``'s pixels and that component covers no other GT nucleus by more than
-    ``min_cover`` of its pixels (components are disjoint, so at most one can cover ``g``
-    that much). Touching nuclei are those 8-adjacent to another
-    (:func:`seg2.data.real.touching_instances`); a prediction equal to ``gt > 0`` merges
-    every touching group and separates none of them.
-
-    Args:
-        pred_foreground: (H, W) bool, predicted nucleus pixels.
-        gt_instances: (H, W) int, 0 = background, k > 0 = nucleus k.
-        min_cover: the coverage fraction above.
+def separation_metrics(pred_foreground: np.ndarray, gt_instances: np.ndarray) -> Dict[str, float]:
+    """Object-level scores of a binary nucleus prediction against instance ground truth:
+    :func:`seg2.evaluation.boundary.instance_separation` with one class (the definitions
+    live there, shared with the semantic-heads benchmark and ``Seg2BoundaryEvaluator``).
 
     Returns:
         ``gt_nuclei``, ``pred_components``, ``touching``, ``touching_separated``,
-        ``touching_separated_pct``, ``separated`` and ``separated_pct`` (all nuclei), and
-        ``f1_iou50``: object F1 with a component matching a nucleus when their IoU > 0.5
-        (such matches are unique).
+        ``touching_separated_pct``, ``separated``, ``separated_pct`` and ``f1_iou50``.
     """
     pred_foreground = np.asarray(pred_foreground, dtype=bool)
     gt_instances = np.asarray(gt_instances)
-    if pred_foreground.shape != gt_instances.shape or pred_foreground.ndim != 2:
-        raise ValueError(
-            f"separation_metrics: prediction {pred_foreground.shape} and ground truth "
-            f"{gt_instances.shape} must be (H, W) arrays of the same shape"
-        )
-    comps, num_pred = ndimage.label(pred_foreground, structure=_EIGHT)
-    gt_ids, gt_index = np.unique(gt_instances, return_inverse=True)
-    gt_index = gt_index.reshape(gt_instances.shape)
-    if gt_ids[0] != 0:  # no background pixel: shift so column 0 stays "background"
-        gt_ids, gt_index = np.concatenate([[0], gt_ids]), gt_index + 1
-    num_gt = len(gt_ids) - 1
-    # overlap[p, g]: pixels of component p (0 = background) in nucleus g (0 = background).
-    overlap = np.bincount(
-        (comps * (num_gt + 1) + gt_index).ravel(), minlength=(num_pred + 1) * (num_gt + 1)
-    ).reshape(num_pred + 1, num_gt + 1)[1:, 1:]
-    gt_area = np.bincount(gt_index.ravel(), minlength=num_gt + 1)[1:]
-    pred_area = np.bincount(comps.ravel(), minlength=num_pred + 1)[1:]
-
-    covers = overlap > min_cover * gt_area[None, :]  # (P, G)
-    separated = np.zeros(num_gt, dtype=bool)
-    if num_pred:
-        best = overlap.argmax(axis=0)
-        separated = covers[best, np.arange(num_gt)] & (covers.sum(axis=1)[best] == 1)
-    touching = np.isin(gt_ids[1:], touching_instances(gt_instances))
-
-    union = pred_area[:, None] + gt_area[None, :] - overlap
-    matches = int((overlap > 0.5 * union).sum())
-    f1 = 2 * matches / max(num_pred + num_gt, 1)
-
-    def pct(a: int, b: int) -> float:
-        return 100.0 * a / b if b else float("nan")
-
-    n_touch, n_touch_sep = int(touching.sum()), int((separated & touching).sum())
+    ids = np.unique(gt_instances[gt_instances > 0])
+    counts = instance_separation(
+        pred_foreground.astype(np.int64), gt_instances, {int(k): 1 for k in ids}
+    )
+    m = separation_summary(counts)
     return OrderedDict(
-        gt_nuclei=num_gt,
-        pred_components=int(num_pred),
-        touching=n_touch,
-        touching_separated=n_touch_sep,
-        touching_separated_pct=pct(n_touch_sep, n_touch),
-        separated=int(separated.sum()),
-        separated_pct=pct(int(separated.sum()), num_gt),
-        f1_iou50=100.0 * f1,
+        gt_nuclei=counts["instances"],
+        pred_components=counts["pred_components"],
+        touching=counts["touching"],
+        touching_separated=counts["touching_separated"],
+        touching_separated_pct=m["touching_separated_pct"],
+        separated=counts["separated"],
+        separated_pct=m["separated_pct"],
+        f1_iou50=100.0 * 2 * counts["matches"] / max(counts["pred_components"] + counts["instances"], 1),
     )
 
 

@@ -10,22 +10,9 @@ Metrics (all computed on the val images processed):
 
 * ``mIoU``, ``pACC``: :class:`~seg2.evaluation.semantic.Seg2SemSegEvaluator` (Detectron2's
   conventions), in percent.
-* ``BF``: boundary F-score (Csurka et al., BMVC 2013; the F measure of the DAVIS
-  benchmark), tolerance 2 px, in percent. For each image and each class ``c`` present in the
-  ground truth or the prediction, the boundary of a binary mask is its pixels with a
-  4-neighbour outside it (the image border is not a boundary); boundary pixels within one
-  pixel (8-neighbourhood) of an ignored ground-truth pixel are dropped from both sides.
-  Precision is the fraction of predicted boundary pixels within Euclidean distance 2 of a
-  ground-truth boundary pixel, recall the converse, ``F_c = 2PR / (P + R)`` (0 if exactly
-  one side has no boundary; skipped if neither has). ``BF`` = mean over classes of the
-  mean of ``F_c`` over images -- the per-class averaging of Csurka et al.
-* ``touching``: "separated / total" over ground-truth thing instances (not crowd) that are
-  4-adjacent to another instance of the same class (the data's touching and overlapping
-  pairs). A semantic map cannot label instances, so separation can only show as a gap:
-  an instance is *recovered* when one 4-connected component of its class in the predicted
-  map covers at least half of it (its *dominant* component), and *separated* when it is
-  recovered and its dominant component is not the dominant component of any touching
-  neighbour. The ground-truth semantic map itself scores 0 (touching instances merge).
+* ``BF`` (boundary F-score at 2 px) and ``touching`` ("separated / total" ground-truth thing
+  instances that touch a same-class instance): :class:`~seg2.evaluation.boundary.Seg2BoundaryEvaluator`,
+  whose module docstring defines them (the same definitions as the nuclei example).
 * ``s/iter``: median wall time of a training iteration (data loading included, no worker
   processes), ``ms/img``: median wall time of one inference forward pass (batch 1), both
   after warm-up; medians because the CPU may be shared.
@@ -45,24 +32,18 @@ import resource
 import statistics
 import time
 import traceback
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
-from PIL import Image
-from scipy import ndimage
 
 __all__ = [
     "VARIANTS",
     "DEFAULT_VARIANTS",
-    "class_boundary",
-    "BoundaryFScore",
-    "touching_separation",
     "benchmark_cfg",
     "run_variant",
     "run_heads_benchmark",
@@ -89,146 +70,6 @@ VARIANTS: "OrderedDict[str, str]" = OrderedDict(
 DEFAULT_VARIANTS: Tuple[str, ...] = tuple(v for v in VARIANTS if v != "unet_classic")
 
 BOUNDARY_TOLERANCE = 2
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def class_boundary(mask: np.ndarray) -> np.ndarray:
-    """
-    Inner boundary of a binary mask: its pixels with at least one 4-neighbour outside it.
-    The image border is not a boundary.
-
-    Args:
-        mask: (H, W) bool.
-
-    Returns:
-        (H, W) bool.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    inner = ndimage.binary_erosion(
-        mask, structure=ndimage.generate_binary_structure(2, 1), border_value=1
-    )
-    return mask & ~inner
-
-
-def _matched(src: np.ndarray, dst: np.ndarray, tolerance: float) -> int:
-    """Number of ``src`` pixels within ``tolerance`` (Euclidean) of a ``dst`` pixel."""
-    if not src.any() or not dst.any():
-        return 0
-    dist = ndimage.distance_transform_edt(~dst)
-    return int((dist[src] <= tolerance).sum())
-
-
-class BoundaryFScore:
-    """Accumulates the per-class, per-image boundary F-score described in the module doc."""
-
-    def __init__(
-        self, num_classes: int, ignore_label: int = 255, tolerance: float = BOUNDARY_TOLERANCE
-    ):
-        """
-        Args:
-            num_classes: K.
-            ignore_label: ground-truth label of ignored pixels.
-            tolerance: matching distance in pixels.
-        """
-        self.num_classes = num_classes
-        self.ignore_label = ignore_label
-        self.tolerance = tolerance
-        self.scores: Dict[int, List[float]] = defaultdict(list)
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> Dict[int, float]:
-        """
-        Args:
-            pred: (H, W) predicted labels in [0, K).
-            gt: (H, W) ground-truth labels in [0, K) or ``ignore_label``.
-
-        Returns:
-            ``{class: F_c}`` for this image (classes with a boundary on either side).
-        """
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"BoundaryFScore: prediction {pred.shape} and ground truth {gt.shape} differ"
-            )
-        ignored = gt == self.ignore_label
-        keep = ~ndimage.binary_dilation(ignored, structure=np.ones((3, 3), bool))
-        image_scores = {}
-        for c in np.union1d(np.unique(pred), np.unique(gt[~ignored])):
-            c = int(c)
-            b_pred = class_boundary(pred == c) & keep
-            b_gt = class_boundary(gt == c) & keep
-            n_pred, n_gt = int(b_pred.sum()), int(b_gt.sum())
-            if n_pred == 0 and n_gt == 0:
-                continue
-            if n_pred == 0 or n_gt == 0:
-                f = 0.0
-            else:
-                p = _matched(b_pred, b_gt, self.tolerance) / n_pred
-                r = _matched(b_gt, b_pred, self.tolerance) / n_gt
-                f = 2 * p * r / (p + r) if p + r > 0 else 0.0
-            image_scores[c] = f
-            self.scores[c].append(f)
-        return image_scores
-
-    def evaluate(self) -> Dict[str, float]:
-        """``{"BF": mean over classes of the mean F_c over images, "BF-<c>": ...}`` in percent."""
-        per_class = {c: 100.0 * float(np.mean(v)) for c, v in sorted(self.scores.items())}
-        out = {"BF": float(np.mean(list(per_class.values()))) if per_class else float("nan")}
-        out.update({f"BF-{c}": v for c, v in per_class.items()})
-        return out
-
-
-def touching_separation(
-    pred: np.ndarray, pan_ids: np.ndarray, segments: Sequence[Dict]
-) -> Tuple[int, int]:
-    """
-    Touching same-class instances, and how many of them the predicted semantic map
-    separates (see the module doc).
-
-    Args:
-        pred: (H, W) predicted labels.
-        pan_ids: (H, W) panoptic segment ids (0 = void).
-        segments: ``segments_info`` with ``id``, contiguous ``category_id``, ``isthing`` and
-            optional ``iscrowd``.
-
-    Returns:
-        (number of touching instances, number of them separated).
-    """
-    things = [s for s in segments if s.get("isthing") and not s.get("iscrowd", 0)]
-    masks = {s["id"]: pan_ids == s["id"] for s in things}
-    cross = ndimage.generate_binary_structure(2, 1)
-    neighbours: Dict[int, List[int]] = {}
-    for s in things:
-        grown = ndimage.binary_dilation(masks[s["id"]], structure=cross)
-        near = [
-            t["id"]
-            for t in things
-            if t["id"] != s["id"]
-            and t["category_id"] == s["category_id"]
-            and (grown & masks[t["id"]]).any()
-        ]
-        if near:
-            neighbours[s["id"]] = near
-    if not neighbours:
-        return 0, 0
-    components: Dict[int, np.ndarray] = {}
-    dominant: Dict[int, Optional[int]] = {}
-    for s in things:
-        c = s["category_id"]
-        if c not in components:
-            components[c] = ndimage.label(pred == c, structure=cross)[0]
-        labels = components[c][masks[s["id"]]]
-        counts = np.bincount(labels[labels > 0])
-        if counts.size and counts.max() * 2 >= labels.size:
-            dominant[s["id"]] = int(counts.argmax())
-        else:
-            dominant[s["id"]] = None
-    separated = sum(
-        1
-        for i, near in neighbours.items()
-        if dominant[i] is not None and all(dominant[j] != dominant[i] for j in near)
-    )
-    return len(neighbours), separated
 
 
 # ---------------------------------------------------------------------------- training
@@ -366,8 +207,8 @@ def run_variant(
         one result row (dict), also written to ``output_dir/<variant>/result.json``.
     """
     from seg2.data.dataset_mapper import Seg2DatasetMapper
-    from seg2.io import read_panoptic_png
     from seg2.engine.trainer import Seg2Trainer
+    from seg2.evaluation.boundary import Seg2BoundaryEvaluator
     from seg2.evaluation.semantic import Seg2SemSegEvaluator
     from seg2.modeling import sliding_window  # noqa: F401  (registers SlidingWindowSegmentor)
 
@@ -393,12 +234,10 @@ def run_variant(
     model.eval()
 
     val = f"{prefix}_val_sem"
-    records = {d["file_name"]: d for d in DatasetCatalog.get(val)}
-    meta = MetadataCatalog.get(val)
     evaluator = Seg2SemSegEvaluator(val, distributed=False, output_dir=out)
     evaluator.reset()
-    bf = BoundaryFScore(len(meta.stuff_classes), meta.ignore_label)
-    touching = separated = 0
+    boundary = Seg2BoundaryEvaluator(val, BOUNDARY_TOLERANCE, distributed=False)
+    boundary.reset()
     infer_times: List[float] = []
     loader = build_detection_test_loader(cfg, val, mapper=Seg2DatasetMapper(cfg, False))
     with torch.no_grad():
@@ -413,15 +252,9 @@ def run_variant(
                 torch.cuda.synchronize()
             infer_times.append(time.perf_counter() - t0)
             evaluator.process(inputs, outputs)
-            for inp, output in zip(inputs, outputs):
-                rec = records[inp["file_name"]]
-                pred = output["sem_seg"].argmax(dim=0).cpu().numpy()
-                gt = np.asarray(Image.open(rec["sem_seg_file_name"]))
-                bf.update(pred, gt)
-                pan = read_panoptic_png(rec["pan_seg_file_name"])
-                t, s = touching_separation(pred, pan, rec["segments_info"])
-                touching, separated = touching + t, separated + s
+            boundary.process(inputs, outputs)
     sem = evaluator.evaluate()["sem_seg"]
+    bnd = boundary.evaluate()["boundary"]
     peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else _max_rss_mb() - rss_start
 
     row = OrderedDict(
@@ -431,9 +264,9 @@ def run_variant(
         ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
         mIoU=sem["mIoU"],
         pACC=sem["pACC"],
-        BF=bf.evaluate()["BF"],
-        touching_total=touching,
-        touching_separated=separated,
+        BF=bnd["BF"],
+        touching_total=bnd["touching"],
+        touching_separated=bnd["touching_separated"],
         s_per_iter=_median_after_warmup(timer.times),
         ms_per_image=1000 * _median_after_warmup(infer_times, warmup=1),
         peak_mb=peak,
