@@ -177,8 +177,10 @@ class UNetEncoder(Backbone):
             ``{"res<i>": (N, C_i, H_i, W_i)}``; in pad mode ``H_i = ceil(H / 2^(i-1))``.
         """
         if self.mode == "crop":
-            top, bottom = self.tile_padding(x.shape[-2])
-            left, right = self.tile_padding(x.shape[-1])
+            # int(): under torch.jit.trace sizes are tensors, and the tile search would be
+            # recorded op by op (minutes); the trace fixes the input size anyway.
+            top, bottom = self.tile_padding(int(x.shape[-2]))
+            left, right = self.tile_padding(int(x.shape[-1]))
             x = mirror_pad(x, (left, right, top, bottom))
         outputs = {}
         for i, stage in enumerate(self.stages):

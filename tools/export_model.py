@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Export a trained model to TorchScript.
+
+    python tools/export_model.py --config-file CFG --output DIR [--format torchscript] \\
+        [--sample-image IMG] [KEY VALUE ...]            # e.g. MODEL.WEIGHTS model_final.pth
+
+Writes DIR/model.ts (with its manifest inside) and DIR/seg2_export.json. The model is
+traced on --sample-image (default: the first image of DATASETS.TEST[0]) after the test
+resize; seg2's semantic heads then need that input size, which seg2.export.ExportedModel
+pads to. Run the file with:
+
+    from seg2.export import ExportedModel
+    outputs = ExportedModel("DIR/model.ts")([image])    # image: HxWxC uint8 in INPUT.FORMAT
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+try:
+    import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import seg2  # noqa: F401
+
+from seg2.io import InputError
+
+logger = logging.getLogger("seg2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--format", choices=["torchscript"], default="torchscript")
+    p.add_argument("--sample-image", help="image to trace on (default: first of DATASETS.TEST[0])")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return p
+
+
+def sample_path(cfg, given: Optional[str]) -> str:
+    if given:
+        return given
+    from detectron2.data import DatasetCatalog
+
+    if not cfg.DATASETS.TEST:
+        raise InputError("DATASETS.TEST is empty: give --sample-image to trace on")
+    return DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]["file_name"]
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+    from detectron2.data import transforms as T
+    from detectron2.utils.logger import setup_logger
+
+    from seg2.data.augmentations import build_augmentations
+    from seg2.engine.defaults import setup_cfg
+    from seg2.export import export_torchscript
+    from seg2.inference import BatchPredictor
+    from seg2.io import read_image
+
+    args.eval_only, args.resume = True, False
+    cfg = setup_cfg(_with_output(args))
+    setup_logger(name="detectron2", abbrev_name="d2")
+    model = BatchPredictor(cfg).model  # built, weights loaded, eval mode
+    path = sample_path(cfg, args.sample_image)
+    image = read_image(path, cfg.INPUT.FORMAT)
+    aug = T.AugInput(image)
+    T.AugmentationList(build_augmentations(cfg, is_train=False))(aug)
+    tensor = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1))).float()
+    manifest = export_torchscript(cfg, model, tensor, args.output)
+    logger.info(
+        f"Exported {manifest['meta_architecture']} ({manifest['kind']}) traced on {path} at "
+        f"{manifest['input_size']} to {os.path.join(args.output, 'model.ts')}"
+        + (" (fixed input size)" if manifest["fixed_input_size"] else " (any input size)")
+    )
+    return 0
+
+
+def _with_output(args):
+    """setup_cfg's Namespace: OUTPUT_DIR follows --output so Detectron2's log lands there."""
+    args.opts = list(args.opts) + ["OUTPUT_DIR", args.output]
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
