@@ -278,6 +278,9 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets open()'s usual mode
     try:
         with os.fdopen(fd, mode) as f:
             yield f

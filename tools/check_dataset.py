@@ -15,7 +15,6 @@ found, 2 unusable input (one line on stderr, no traceback).
 """
 import argparse
 import os
-import re
 import sys
 from typing import List, Optional
 
@@ -26,7 +25,7 @@ except ImportError:  # run from a checkout without installing
     import seg2  # noqa: F401
 
 from seg2.io import InputError
-from seg2.utils.cli import add_debug_argument, set_debug, user_errors
+from seg2.utils.cli import add_debug_argument, set_debug, split_overrides, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,17 +135,6 @@ def check(args) -> int:
         return 2 if unusable else 1
     print(f"\nall {len(names)} dataset(s) OK")
     return 0
-
-
-def split_overrides(argv: List[str]) -> List[str]:
-    """Put the trailing KEY VALUE overrides after "--", so ``--datasets a b KEY VALUE``
-    does not take the keys for dataset names."""
-    for i, tok in enumerate(argv):
-        if tok == "--":
-            return argv
-        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", tok):
-            return argv[:i] + ["--"] + argv[i:]
-    return argv
 
 
 @user_errors(return_code=True)

@@ -25,6 +25,7 @@ except ImportError:  # run from a checkout without installing
     import seg2  # noqa: F401
 
 from seg2.io import InputError
+from seg2.utils.cli import add_debug_argument, set_debug, user_errors
 
 logger = logging.getLogger("seg2")
 
@@ -85,13 +86,11 @@ def _with_output(args):
     return args
 
 
+@user_errors(return_code=True)
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = add_debug_argument(build_parser()).parse_args(argv)
+    set_debug(args.debug)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ make the exit status 1; bad arguments stop with one line on stderr and status 2.
 import argparse
 import logging
 import os
-import re
 import sys
 from typing import List, Optional
 
@@ -25,6 +24,7 @@ except ImportError:  # run from a checkout without installing
     import seg2  # noqa: F401
 
 from seg2.io import InputError
+from seg2.utils.cli import add_debug_argument, set_debug, split_overrides, user_errors
 
 logger = logging.getLogger("seg2")
 
@@ -81,28 +81,14 @@ def setup(args):
     return cfg
 
 
-_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
-
-
-def split_overrides(argv: List[str]) -> List[str]:
-    """Put trailing ``KEY VALUE`` pairs behind ``--`` so ``--input``'s list stops before
-    them (``--input a.jpg MODEL.WEIGHTS m.pth`` works as in Detectron2's tools)."""
-    for i, token in enumerate(argv):
-        if _KEY.match(token) and not os.path.exists(token):
-            return argv[:i] + ["--"] + argv[i:]
-    return argv
-
-
+@user_errors(return_code=True)
 def main(argv: Optional[List[str]] = None) -> int:
     argv = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    args = add_debug_argument(build_parser()).parse_args(argv)
+    set_debug(args.debug)
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
-    try:
-        return run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 def run(args) -> int:

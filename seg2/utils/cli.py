@@ -17,8 +17,9 @@ worker that already reported its user error into the same quiet exit::
 import functools
 import logging
 import os
+import re
 import sys
-from typing import Any, Callable, Optional, Tuple, Type
+from typing import Any, Callable, List, Optional, Tuple, Type
 
 from ..io import InputError
 
@@ -31,6 +32,7 @@ __all__ = [
     "is_user_error",
     "user_errors",
     "run_cli",
+    "split_overrides",
 ]
 
 # argparse exits with 2 on bad arguments; bad data and configs are the same kind of mistake.
@@ -148,3 +150,18 @@ def run_cli(entry: Callable, *args, **kwargs) -> Any:
         if isinstance(e, ProcessExitedException) and e.exit_code == USER_ERROR_EXIT:
             raise SystemExit(USER_ERROR_EXIT) from None
         raise
+
+
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def split_overrides(argv: List[str]) -> List[str]:
+    """Put trailing ``KEY VALUE`` config overrides behind ``--``, so a list option
+    (``--input a.jpg b.jpg MODEL.WEIGHTS m.pth``) stops before them, as in Detectron2's tools.
+    A token that names an existing file is never taken for a key."""
+    if "--" in argv:
+        return argv
+    for i, token in enumerate(argv):
+        if _KEY.match(token) and not os.path.exists(token):
+            return argv[:i] + ["--"] + argv[i:]
+    return argv
