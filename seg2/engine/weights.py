@@ -9,6 +9,7 @@ those records with a :class:`logging.Filter` on the checkpointer's logger (publi
 API, no checkpointer internals) and logs them as one line. A record the filter cannot parse
 (e.g. fvcore reworded it) passes through unchanged, so nothing is ever lost.
 """
+
 import contextlib
 import logging
 import re
@@ -56,7 +57,9 @@ def format_shape_mismatches(mismatches: Sequence[Mismatch]) -> str:
     for name, ckpt, model in mismatches:
         module, _, leaf = name.rpartition(".")
         modules.setdefault(module, []).append(f"{leaf} {ckpt}->{model}")
-    parts = [f"{m}.{{{', '.join(leaves)}}}" if m else ", ".join(leaves) for m, leaves in modules.items()]
+    parts = [
+        f"{m}.{{{', '.join(leaves)}}}" if m else ", ".join(leaves) for m, leaves in modules.items()
+    ]
     return (
         f"Fine-tuning: {len(mismatches)} tensors in {len(modules)} modules do not fit this "
         "model's shapes (checkpoint->model), so they were not loaded and keep their fresh "
