@@ -109,6 +109,15 @@ def add_seg2_config(cfg: CN) -> CN:
     # Semantic crops: most of a crop one class may cover before another crop is drawn
     # (1.0 = no limit); Detectron2's DeepLab recipe uses 0.75 on Cityscapes.
     cfg.INPUT.SEG2.CROP_SINGLE_CATEGORY_MAX_AREA = 1.0
+    # ---- images with more than 8 bits per sample (16-bit aerial/microscopy tiles), which
+    # Detectron2's reader would saturate to 255: how training, evaluation and prediction
+    # scale them to 8 bits (seg2.io.BitDepthRule; the dataset check reports how many).
+    cfg.INPUT.SEG2.BIT_DEPTH = CN()
+    # "minmax" (per-image min-max stretch), "percentile" (per-image stretch between
+    # PERCENTILES, clipped) or "divisor" (floor(v / DIVISOR), the same for every image).
+    cfg.INPUT.SEG2.BIT_DEPTH.METHOD = "minmax"
+    cfg.INPUT.SEG2.BIT_DEPTH.DIVISOR = 257.0
+    cfg.INPUT.SEG2.BIT_DEPTH.PERCENTILES = [1.0, 99.0]
 
     cfg.DATASETS.SEG2 = CN()
     # Register your own data by path, no Python needed. Each entry is a list:
@@ -120,6 +129,14 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.DATASETS.SEG2.SEMANTIC = []
     # Cityscapes root; empty = $DETECTRON2_DATASETS/cityscapes (Detectron2's convention).
     cfg.DATASETS.SEG2.CITYSCAPES_ROOT = ""
+    # ---- validation (seg2.data.validate): every dataset is checked once before the first
+    # iteration (ids, references, segmentations, boxes, image files, PNG<->JSON agreement).
+    # What a broken sample does: "error" stops the run listing every problem found;
+    # "skip" drops each broken image (logged with its reason, counted at the end).
+    cfg.DATASETS.SEG2.ON_BAD_SAMPLE = "error"
+    # Fully decode every image, label and panoptic PNG during the check (finds truncated or
+    # corrupt files and size mismatches); False checks the JSON only, for very large sets.
+    cfg.DATASETS.SEG2.CHECK_FILES = True
 
     cfg.TEST.SEG2 = CN()
     # Number of val images drawn as prediction overlays into OUTPUT_DIR/vis after evaluation.

@@ -7,11 +7,13 @@ Readers: :func:`read_json`, :func:`read_image` (Detectron2's conventions: EXIF o
 never a luminance), :func:`read_panoptic_png` (COCO panoptic ids). Writers are atomic
 (temporary file + ``os.replace``), so a killed process never leaves a torn file behind.
 """
+
 import contextlib
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterator, Optional
+from dataclasses import dataclass
+from typing import IO, Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -23,6 +25,8 @@ __all__ = [
     "read_json",
     "open_image",
     "read_image",
+    "load_image",
+    "BitDepthRule",
     "read_label_png",
     "read_panoptic_png",
     "atomic_open",
@@ -67,18 +71,173 @@ def open_image(path: str, what: str = "image") -> Image.Image:
     return img
 
 
-def read_image(path: str, format: Optional[str] = None) -> np.ndarray:
+# Modes holding more than 8 bits per sample; Detectron2's reader saturates them (a uint16
+# aerial tile with values 70-1200 becomes all 255), so they go through a BitDepthRule.
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# What converting each 8-bit mode to RGB does, for the validation report.
+_MODE_NOTES = {
+    "L": "grayscale (L) image replicated to 3 channels",
+    "1": "1-bit image converted to RGB",
+    "P": "palette (P) image converted to RGB through its palette",
+    "PA": "palette + alpha (PA) image converted to RGB, alpha dropped",
+    "LA": "grayscale + alpha (LA) image converted to RGB, alpha dropped",
+    "RGBA": "RGBA image converted to RGB, alpha dropped",
+    "CMYK": "CMYK image converted to RGB",
+    "YCbCr": "YCbCr image converted to RGB",
+}
+
+
+@dataclass(frozen=True)
+class BitDepthRule:
+    """How an image with more than 8 bits per sample (16-bit PNG/TIFF, 32-bit int or float)
+    becomes 8-bit, chosen with ``INPUT.SEG2.BIT_DEPTH.*``:
+
+    * ``"minmax"`` (default): per image, ``(v - min) * 255 / (max - min)``, rounded; a
+      constant image becomes 0. Uses the full 8-bit range whatever the sensor's range.
+    * ``"percentile"``: the same stretch between the ``percentiles`` (low, high) of the
+      image's values, values outside clipped: robust to a few hot pixels.
+    * ``"divisor"``: ``floor(v / divisor)`` clipped to 255, the same mapping for every image
+      (257 maps 0..65535 onto 0..255; 16 suits 12-bit data).
+
+    The per-image rules change brightness from tile to tile; use ``divisor`` when absolute
+    intensity matters across images.
+    """
+
+    method: str = "minmax"
+    divisor: float = 257.0
+    percentiles: Tuple[float, float] = (1.0, 99.0)
+
+    METHODS = ("minmax", "percentile", "divisor")
+
+    def __post_init__(self):
+        if self.method not in self.METHODS:
+            raise InputError(
+                f"INPUT.SEG2.BIT_DEPTH.METHOD: {self.method!r} is not one of {list(self.METHODS)}"
+            )
+        if self.method == "divisor" and not self.divisor > 0:
+            raise InputError(f"INPUT.SEG2.BIT_DEPTH.DIVISOR: must be > 0, got {self.divisor}")
+        lo, hi = self.percentiles
+        if self.method == "percentile" and not 0 <= lo < hi <= 100:
+            raise InputError(
+                f"INPUT.SEG2.BIT_DEPTH.PERCENTILES: need 0 <= low < high <= 100, got {[lo, hi]}"
+            )
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "BitDepthRule":
+        """The rule of a config with ``add_seg2_config`` applied."""
+        node = cfg.INPUT.SEG2.BIT_DEPTH
+        return cls(node.METHOD, float(node.DIVISOR), tuple(float(p) for p in node.PERCENTILES))
+
+    def describe(self) -> str:
+        if self.method == "divisor":
+            return f"floor(v / {self.divisor:g})"
+        if self.method == "percentile":
+            return f"per-image stretch between percentiles {self.percentiles[0]:g}-{self.percentiles[1]:g}"
+        return "per-image min-max stretch"
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """(H, W[, C]) array of any numeric dtype -> uint8 of the same shape."""
+        v = values.astype(np.float64)
+        if self.method == "divisor":
+            return np.clip(np.floor(v / self.divisor), 0, 255).astype(np.uint8)
+        if self.method == "percentile":
+            lo, hi = (float(x) for x in np.percentile(v, self.percentiles))
+        else:
+            lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            return np.zeros(v.shape, dtype=np.uint8)
+        return np.clip(np.round((v - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def _read_tiff(path: str, pil_error: Exception) -> np.ndarray:
+    """TIFFs PIL cannot decode (e.g. single-band uint16 GeoTIFF tiles), through tifffile."""
+    try:
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    except Exception as e:
+        raise InputError(
+            f"{path}: unreadable image (PIL: {type(pil_error).__name__}: {pil_error}; "
+            f"tifffile: {type(e).__name__}: {e})"
+        ) from None
+
+
+def _array_to_pil(arr: np.ndarray, path: str, rule: BitDepthRule, notes: List[str]) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InputError(
+            f"{path}: image has shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)"
+        )
+    if arr.dtype != np.uint8:
+        notes.append(
+            f"{arr.dtype} {'single-band' if arr.ndim == 2 else f'{arr.shape[2]}-band'} "
+            f"image scaled to 8 bits by {rule.describe()}"
+        )
+        arr = rule.apply(arr)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        notes.append(_MODE_NOTES["RGBA"])
+        arr = arr[:, :, :3]
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def load_image(
+    path: str, bit_depth: Optional[BitDepthRule] = None
+) -> Tuple[Image.Image, List[str]]:
+    """Fully decode an image the way training and evaluation see it, and say what was done.
+
+    EXIF orientation is applied as Detectron2 does; images with more than 8 bits per sample
+    are scaled to 8 bits by ``bit_depth`` (default :class:`BitDepthRule`); TIFFs PIL cannot
+    decode are read with tifffile.
+
+    Returns:
+        (an 8-bit PIL image, notes): one short sentence per conversion, e.g. "uint16
+        single-band image scaled to 8 bits by per-image min-max stretch". Mode conversions
+        to RGB (grayscale, palette, alpha) are listed too; they happen in :func:`read_image`.
+    """
+    from detectron2.data.detection_utils import _apply_exif_orientation
+
+    rule = bit_depth or BitDepthRule()
+    notes: List[str] = []
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: image file not found")
+    try:
+        img = open_image(path)
+    except InputError as e:
+        if os.path.splitext(path)[1].lower() not in (".tif", ".tiff"):
+            raise
+        return _array_to_pil(_read_tiff(path, e), path, rule, notes), notes
+    try:
+        exif = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+        img = _apply_exif_orientation(img)
+    except Exception as e:
+        raise InputError(
+            f"{path}: cannot apply EXIF orientation ({type(e).__name__}: {e})"
+        ) from None
+    if exif not in (None, 1):
+        notes.append(f"EXIF orientation {exif} applied (as Detectron2 does)")
+    if img.mode in _HIGH_BIT_MODES:
+        return _array_to_pil(np.asarray(img), path, rule, notes), notes
+    if img.mode in _MODE_NOTES:
+        notes.append(_MODE_NOTES[img.mode])
+    return img, notes
+
+
+def read_image(
+    path: str, format: Optional[str] = None, bit_depth: Optional[BitDepthRule] = None
+) -> np.ndarray:
     """An image as Detectron2's ``read_image`` returns it: EXIF orientation applied, then
-    converted to ``format`` ("BGR", "RGB", "L", ... or None for the file's own mode).
+    converted to ``format`` ("BGR", "RGB", "L", ... or None for the file's own mode); images
+    with more than 8 bits per sample are first scaled by ``bit_depth`` (see
+    :class:`BitDepthRule`; Detectron2 would saturate them).
 
     Returns:
         (H, W, C) uint8 array (C = 1 for "L").
     """
-    from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
+    from detectron2.data.detection_utils import convert_PIL_to_numpy
 
-    img = open_image(path)
+    img, _ = load_image(path, bit_depth)
     try:
-        img = _apply_exif_orientation(img)
         return convert_PIL_to_numpy(img, format)
     except Exception as e:
         raise InputError(f"{path}: cannot convert image ({type(e).__name__}: {e})") from None

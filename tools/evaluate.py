@@ -89,7 +89,15 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
 
         return evaluate_coco_files(args.gt_json, args.pred_json, args.iou_types, args.backend)
     if args.command == "panoptic":
+        from seg2.data.checks import check_coco_panoptic_json
+        from seg2.data.validate import ValidationReport
         from seg2.evaluation.pq import pq_compute_files
+        from seg2.io import InputError, read_json
+
+        report = ValidationReport(args.gt_json)  # the ground truth's JSON, checked up front
+        check_coco_panoptic_json(read_json(args.gt_json), args.gt_json, report)
+        if not report.ok:
+            raise InputError(f"{report.format()}\n{len(report.problems)} problem(s) in the ground truth")
 
         res = pq_compute_files(
             args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, args.num_workers

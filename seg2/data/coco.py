@@ -1,13 +1,23 @@
 """COCO instances by path: validated up front, then Detectron2's own ``load_coco_json``."""
+
 import os
+import tempfile
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..io import InputError, read_json
+from ..io import InputError, read_json, write_json
+from .checks import FLAT_POLYGON_NOTE, check_coco_instances_json, check_image_file
+from .validate import ValidationReport, finish_validation, validation_options
 
-__all__ = ["load_coco_instances", "register_coco_instances", "require_fields", "check_files_exist"]
+__all__ = [
+    "check_coco_instances",
+    "load_coco_instances",
+    "register_coco_instances",
+    "require_fields",
+    "check_files_exist",
+]
 
 
 def require_fields(obj: Dict, keys: Sequence[str], path: str, where: str) -> None:
@@ -19,56 +29,101 @@ def require_fields(obj: Dict, keys: Sequence[str], path: str, where: str) -> Non
 def check_files_exist(paths: List[str], what: str, source: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise InputError(
-            f"{source}: {len(missing)} {what} file(s) not found, e.g. {missing[:3]}"
-        )
+        raise InputError(f"{source}: {len(missing)} {what} file(s) not found, e.g. {missing[:3]}")
 
 
-def _validate_coco_instances(path: str) -> Dict:
-    data = read_json(path)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"{path}: top-level field '{key}' missing or not a list")
-    for c in data["categories"]:
-        require_fields(c, ("id", "name"), path, f"category {c}")
-    cat_ids = {c["id"] for c in data["categories"]}
-    img_ids = set()
-    for img in data["images"]:
-        require_fields(img, ("id", "file_name", "height", "width"), path, f"image {img.get('id')}")
-        img_ids.add(img["id"])
-    for a in data["annotations"]:
-        require_fields(a, ("id", "image_id", "category_id", "bbox"), path, f"annotation {a.get('id')}")
-        if a["category_id"] not in cat_ids:
-            raise InputError(
-                f"{path}: annotation {a['id']} has category_id {a['category_id']}, "
-                f"not among the categories {sorted(cat_ids)}"
+def check_coco_instances(json_file: str, image_root: Optional[str], report: ValidationReport):
+    """Check a COCO instances file (and its images, unless ``DATASETS.SEG2.CHECK_FILES`` is
+    off) into ``report``; returns the data to load (see ``check_coco_instances_json``)."""
+    data = read_json(json_file)
+    fixed = check_coco_instances_json(data, json_file, report)
+    if fixed is None:
+        return None
+    opts = validation_options()
+    report.num_samples = len(fixed["images"])
+    for im in fixed["images"]:
+        if (
+            not (isinstance(im, dict) and isinstance(im.get("file_name"), str))
+            or image_root is None
+        ):
+            continue
+        path = os.path.join(image_root, im["file_name"])
+        hw = (im.get("height"), im.get("width"))
+        if opts.check_files:
+            check_image_file(path, hw, report, im.get("id"), opts, json_file)
+        elif not os.path.isfile(path):
+            report.add(
+                path,
+                f"image {im.get('id')!r}",
+                "file_name",
+                im["file_name"],
+                "image file not found",
+                im.get("id"),
             )
-        if a["image_id"] not in img_ids:
-            raise InputError(
-                f"{path}: annotation {a['id']} refers to image_id {a['image_id']}, not in 'images'"
-            )
-    return data
+    return fixed
+
+
+def keep_images(data: Dict, image_ids) -> Dict:
+    """``data`` restricted to the given images and their annotations."""
+    keep = set(image_ids)
+    return dict(
+        data,
+        images=[im for im in data["images"] if im.get("id") in keep],
+        annotations=[
+            a for a in data["annotations"] if isinstance(a, dict) and a.get("image_id") in keep
+        ],
+    )
+
+
+def load_coco_dicts(
+    data: Optional[Dict], json_file: str, image_root: str, dataset_name: str
+) -> List[Dict]:
+    """Detectron2's ``load_coco_json`` on ``json_file``, or on ``data``, an amended copy of
+    it (``load_coco_json`` reads a path, so the copy goes through a temporary file)."""
+    if data is not None:
+        with tempfile.TemporaryDirectory(prefix="seg2-coco-") as tmp:
+            path = write_json(data, os.path.join(tmp, os.path.basename(json_file)), indent=None)
+            dicts = load_coco_json(path, image_root, dataset_name)
+    else:
+        dicts = load_coco_json(json_file, image_root, dataset_name)
+    return dicts
 
 
 def load_coco_instances(json_file: str, image_root: str, dataset_name: str) -> List[Dict]:
-    """Detectron2's ``load_coco_json`` behind a validator.
+    """Detectron2's ``load_coco_json`` behind one validation pass (``seg2.data.validate``):
+    every problem of the file and its images is reported together, flat polygon lists are
+    converted with a note, and broken images stop the run or are skipped by policy.
 
     Non-contiguous category ids are mapped to contiguous ones and the map is stored in the
     metadata (``thing_dataset_id_to_contiguous_id``), which the COCO evaluator inverts when
     writing results, so predictions carry the dataset's original ids.
     """
-    data = _validate_coco_instances(json_file)
-    check_files_exist(
-        [os.path.join(image_root, im["file_name"]) for im in data["images"]], "image", json_file
-    )
-    return load_coco_json(json_file, image_root, dataset_name)
+    report = ValidationReport(dataset_name)
+    data = check_coco_instances(json_file, image_root, report)
+    if data is None:
+        finish_validation(report, [], lambda im: None)
+    images = [im for im in data["images"] if isinstance(im, dict)]
+    kept = finish_validation(report, images, lambda im: im.get("id"))
+    amended = len(kept) != len(data["images"]) or report.notes.get(FLAT_POLYGON_NOTE)
+    if len(kept) != len(data["images"]):
+        data = keep_images(data, [im["id"] for im in kept])
+    return load_coco_dicts(data if amended else None, json_file, image_root, dataset_name)
 
 
 def _coco_instances_metadata(json_file: str) -> Dict:
-    """Thing classes and id map read from the JSON header, so they exist before loading."""
-    cats = sorted(_validate_coco_instances(json_file)["categories"], key=lambda c: c["id"])
+    """Thing classes and id map read from the JSON header, so they exist before loading
+    (malformed categories are left to the validation pass, which reports them all)."""
+    try:
+        data = read_json(json_file)
+    except InputError:  # the loader reports it, with everything else, at first use
+        return {}
+    cats = data.get("categories", []) if isinstance(data, dict) else []
+    cats = sorted(
+        (c for c in cats if isinstance(c, dict) and isinstance(c.get("id"), int)),
+        key=lambda c: c["id"],
+    )
     return {
-        "thing_classes": [c["name"] for c in cats],
+        "thing_classes": [str(c.get("name", c["id"])) for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
     }
 
@@ -78,7 +133,7 @@ def register_coco_instances(
 ) -> None:
     """Register a COCO instances dataset (evaluator_type ``coco``)."""
     meta = dict(metadata or {})
-    if not meta.get("thing_classes") and os.path.isfile(json_file):
+    if not meta.get("thing_classes"):
         meta.update(_coco_instances_metadata(json_file))
     DatasetCatalog.register(name, lambda: load_coco_instances(json_file, image_root, name))
     MetadataCatalog.get(name).set(

@@ -1,5 +1,10 @@
 """COCO panoptic (PNG + JSON) by path, with semantic targets derived from the PNGs and cached,
 in Detectron2's metadata conventions (all classes, or PanopticFPN's "separated" one)."""
+
+import contextlib
+import glob
+import hashlib
+import json
 import os
 from typing import Dict, List, Optional
 
@@ -7,13 +12,16 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..io import InputError, read_json, read_panoptic_png, write_png
-from .coco import check_files_exist, load_coco_instances, require_fields
+from .checks import check_coco_panoptic_json, check_dataset_dicts
+from .coco import check_coco_instances, keep_images, load_coco_dicts
+from .validate import ValidationReport, finish_validation, validation_options
 from .synthetic.meta import IGNORE_LABEL
 
 __all__ = [
     "panoptic_metadata",
     "separated_metadata",
     "load_coco_panoptic",
+    "derived_semantic_path",
     "register_coco_panoptic",
 ]
 
@@ -23,9 +31,9 @@ def panoptic_metadata(categories: List[Dict]) -> Dict:
     cats = sorted(categories, key=lambda c: (not c.get("isthing", 0), c["id"]))
     things = [c for c in cats if c.get("isthing", 0)]
     meta = {
-        "thing_classes": [c["name"] for c in things],
+        "thing_classes": [str(c.get("name", c["id"])) for c in things],
         "thing_colors": [c.get("color", [0, 0, 0]) for c in things],
-        "stuff_classes": [c["name"] for c in cats],
+        "stuff_classes": [str(c.get("name", c["id"])) for c in cats],
         "stuff_colors": [c.get("color", [0, 0, 0]) for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
         "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
@@ -47,6 +55,10 @@ def separated_metadata(categories: List[Dict]) -> Dict:
     return meta
 
 
+# Bump when the derivation changes, so cached targets are rebuilt.
+_DERIVE_VERSION = 1
+
+
 def _derive_semantic_png(pan_png: str, labels: Dict[int, int], out_png: str) -> None:
     """Semantic labels from a panoptic PNG (segment id -> label, 255 = void); written atomically."""
     ids = read_panoptic_png(pan_png)
@@ -54,6 +66,29 @@ def _derive_semantic_png(pan_png: str, labels: Dict[int, int], out_png: str) -> 
     for segment_id, label in labels.items():
         sem[ids == segment_id] = label
     write_png(sem, out_png)
+
+
+def derived_semantic_path(folder: str, pan_png: str, labels: Dict[int, int]) -> str:
+    """Where the semantic target of ``pan_png`` under ``labels`` is cached: the name carries
+    a digest of the PNG's bytes and of the labels (from the JSON), so editing either gives a
+    new file instead of a stale one (file times are not trusted)."""
+    h = hashlib.sha256(f"v{_DERIVE_VERSION}".encode())
+    with open(pan_png, "rb") as f:
+        h.update(f.read())
+    h.update(json.dumps(sorted(labels.items())).encode())
+    stem = os.path.splitext(os.path.basename(pan_png))[0]
+    return os.path.join(folder, f"{stem}.{h.hexdigest()[:16]}.png")
+
+
+def _cached_semantic(folder: str, pan_png: str, labels: Dict[int, int]) -> str:
+    out = derived_semantic_path(folder, pan_png, labels)
+    if not os.path.isfile(out):
+        stem = os.path.splitext(os.path.basename(pan_png))[0]
+        for old in glob.glob(os.path.join(glob.escape(folder), glob.escape(stem) + ".*.png")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)  # superseded targets of the same PNG
+        _derive_semantic_png(pan_png, labels, out)
+    return out
 
 
 def load_coco_panoptic(
@@ -66,82 +101,93 @@ def load_coco_panoptic(
     cache_dir: Optional[str] = None,
     dataset_name: Optional[str] = None,
 ) -> List[Dict]:
-    """Load COCO panoptic (PNG + JSON) into Detectron2 dicts.
+    """Load COCO panoptic (PNG + JSON) into Detectron2 dicts, after one validation pass
+    (``seg2.data.validate``) over the JSON, the images, the PNGs against ``segments_info``
+    and, when given, ``instances_json``; every problem is reported together.
 
     Each dict has ``file_name``, ``image_id``, ``height``, ``width``, ``pan_seg_file_name``,
     ``segments_info`` (contiguous ``category_id``, ``isthing``, ``iscrowd``) and
     ``sem_seg_file_name``. Semantic targets come from ``semantic_root`` when given, else they
-    are derived from the panoptic PNGs once into ``cache_dir`` (reused while newer than the
-    PNG). With ``instances_json`` the dicts also carry COCO ``annotations`` for Mask R-CNN;
-    without it the mapper builds instances from the panoptic PNG.
+    are derived from the panoptic PNGs into ``cache_dir``, keyed on the content of the PNG and
+    of its segments (see :func:`derived_semantic_path`). With ``instances_json`` the dicts also
+    carry COCO ``annotations`` for Mask R-CNN; without it the mapper builds instances from the
+    panoptic PNG.
     """
+    name = dataset_name or panoptic_json
+    report = ValidationReport(name)
     data = read_json(panoptic_json)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"{panoptic_json}: top-level field '{key}' missing or not a list")
+    if not check_coco_panoptic_json(data, panoptic_json, report):
+        finish_validation(report, [], lambda d: None)
+    if "stuff_dataset_id_to_contiguous_id" not in meta:  # registration could not read the file
+        cats = [
+            c for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)
+        ]
+        meta = {**panoptic_metadata(cats), **meta}
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
     thing_map = meta["thing_dataset_id_to_contiguous_id"]
     # Detectron2's "separated" convention (PanopticFPN): stuff ids 1..N, all things one class 0.
     separated = not set(thing_map) <= set(stuff_map)
-    images = {im["id"]: im for im in data["images"]}
-    instances_by_image = {}
-    if instances_json:
-        for d in load_coco_instances(instances_json, image_root, dataset_name or "panoptic"):
-            instances_by_image[d["image_id"]] = d["annotations"]
-    derive = semantic_root is None
-    if derive:
-        cache_dir = cache_dir or os.path.join(os.path.dirname(panoptic_root.rstrip("/")), "cache")
-        semantic_root = os.path.join(cache_dir, os.path.basename(panoptic_root.rstrip("/")) + ("_semseg_separated" if separated else "_semseg"))
-        os.makedirs(semantic_root, exist_ok=True)
-
+    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
     dicts = []
     for ann in data["annotations"]:
-        require_fields(ann, ("image_id", "file_name", "segments_info"), panoptic_json, "annotation")
-        if ann["image_id"] not in images:
-            raise InputError(
-                f"{panoptic_json}: annotation {ann['file_name']} refers to image_id "
-                f"{ann['image_id']}, not in 'images'"
-            )
-        img = images[ann["image_id"]]
-        segments = []
-        for s in ann["segments_info"]:
-            require_fields(s, ("id", "category_id"), panoptic_json, f"segment of {ann['file_name']}")
-            if s["category_id"] not in stuff_map and s["category_id"] not in thing_map:
-                raise InputError(
-                    f"{panoptic_json}: segment {s['id']} of {ann['file_name']} has unknown "
-                    f"category_id {s['category_id']}"
-                )
-            segments.append(
-                dict(
-                    s,
-                    category_id=thing_map.get(s["category_id"], stuff_map.get(s["category_id"])),
-                    isthing=s["category_id"] in thing_map,
-                    iscrowd=s.get("iscrowd", 0),
-                )
-            )
-        pan_png = os.path.join(panoptic_root, ann["file_name"])
-        if not os.path.isfile(pan_png):
-            raise InputError(f"{panoptic_json}: panoptic PNG {pan_png} not found")
-        sem_png = os.path.join(semantic_root, os.path.splitext(ann["file_name"])[0] + ".png")
-        if derive and (
-            not os.path.isfile(sem_png) or os.path.getmtime(sem_png) < os.path.getmtime(pan_png)
+        img = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
+        if (
+            img is None
+            or not isinstance(ann.get("file_name"), str)
+            or not isinstance(ann.get("segments_info"), list)
         ):
-            labels = {s["id"]: stuff_map.get(s["category_id"], 0) for s in ann["segments_info"]}
-            _derive_semantic_png(pan_png, labels, sem_png)
+            continue  # reported by check_coco_panoptic_json
+        segments = [  # unknown categories were reported; a None keeps the PNG check exact
+            dict(
+                s,
+                category_id=thing_map.get(
+                    s.get("category_id"), stuff_map.get(s.get("category_id"))
+                ),
+                isthing=s.get("category_id") in thing_map,
+                iscrowd=s.get("iscrowd", 0),
+                dataset_category_id=s.get("category_id"),
+            )
+            for s in ann["segments_info"]
+            if isinstance(s, dict)
+        ]
         record = {
-            "file_name": os.path.join(image_root, img["file_name"]),
+            "file_name": os.path.join(image_root, str(img.get("file_name"))),
             "image_id": img["id"],
-            "height": img["height"],
-            "width": img["width"],
-            "pan_seg_file_name": pan_png,
+            "height": img.get("height"),
+            "width": img.get("width"),
+            "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
             "segments_info": segments,
-            "sem_seg_file_name": sem_png,
         }
-        if instances_json:
-            record["annotations"] = instances_by_image.get(img["id"], [])
+        if semantic_root is not None:
+            stem = os.path.splitext(ann["file_name"])[0]
+            record["sem_seg_file_name"] = os.path.join(semantic_root, stem + ".png")
         dicts.append(record)
-    check_files_exist([d["file_name"] for d in dicts], "image", panoptic_json)
-    check_files_exist([d["sem_seg_file_name"] for d in dicts], "semantic PNG", panoptic_json)
+    check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json)
+    report.num_samples = len(images)
+    inst_data = check_coco_instances(instances_json, None, report) if instances_json else None
+    dicts = finish_validation(report, dicts, lambda d: d["image_id"])
+
+    if semantic_root is None:
+        cache_dir = cache_dir or os.path.join(os.path.dirname(panoptic_root.rstrip("/")), "cache")
+        suffix = "_semseg_separated" if separated else "_semseg"
+        folder = os.path.join(cache_dir, os.path.basename(panoptic_root.rstrip("/")) + suffix)
+        os.makedirs(folder, exist_ok=True)
+        for d in dicts:
+            labels = {
+                s["id"]: stuff_map.get(s["dataset_category_id"], 0) for s in d["segments_info"]
+            }
+            d["sem_seg_file_name"] = _cached_semantic(folder, d["pan_seg_file_name"], labels)
+    for d in dicts:
+        for s in d["segments_info"]:
+            s.pop("dataset_category_id")
+    if instances_json:
+        inst_data = keep_images(inst_data, [d["image_id"] for d in dicts])
+        by_image = {
+            d["image_id"]: d["annotations"]
+            for d in load_coco_dicts(inst_data, instances_json, image_root, name)
+        }
+        for d in dicts:
+            d["annotations"] = by_image.get(d["image_id"], [])
     return dicts
 
 
@@ -161,9 +207,12 @@ def register_coco_panoptic(
     """
     meta = metadata
     if meta is None:
-        meta = panoptic_metadata(read_json(panoptic_json)["categories"]) if os.path.isfile(
-            panoptic_json
-        ) else {}
+        try:
+            data = read_json(panoptic_json)
+            cats = [c for c in data.get("categories", []) if isinstance(c, dict) and "id" in c]
+            meta = panoptic_metadata(cats)
+        except (InputError, AttributeError, TypeError):
+            meta = {}  # the loader reports the file's problems, all together, at first use
     DatasetCatalog.register(
         name,
         lambda: load_coco_panoptic(

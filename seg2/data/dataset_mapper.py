@@ -10,13 +10,14 @@ import logging
 from typing import Dict, List, Optional
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from ..capabilities import model_capabilities
-from ..io import InputError, read_image, read_label_png
+from ..io import BitDepthRule, InputError, read_image, read_label_png
 from ..structures.panoptic import rgb2id
 from .augmentations import build_augmentations
 from .targets import unet_weight_map
@@ -47,6 +48,7 @@ class Seg2DatasetMapper:
         weight_map: bool = False,
         weight_map_w0: float = 10.0,
         weight_map_sigma: float = 5.0,
+        bit_depth: Optional[BitDepthRule] = None,
     ):
         """
         Args:
@@ -60,6 +62,8 @@ class Seg2DatasetMapper:
             ignore_label: the semantic void value.
             weight_map: add ``sem_seg_weights``, U-Net's class-balance + border map.
             weight_map_w0, weight_map_sigma: its w0 and sigma (pixels).
+            bit_depth: how images with more than 8 bits per sample become 8-bit
+                (``INPUT.SEG2.BIT_DEPTH``); the same rule the dataset check reports.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -71,6 +75,7 @@ class Seg2DatasetMapper:
         self.weight_map = weight_map
         self.weight_map_w0 = weight_map_w0
         self.weight_map_sigma = weight_map_sigma
+        self.bit_depth = bit_depth or BitDepthRule()
         mode = "training" if is_train else "inference"
         logger.info(f"[Seg2DatasetMapper] augmentations used in {mode}: {augmentations}")
 
@@ -87,6 +92,7 @@ class Seg2DatasetMapper:
             "weight_map": cfg.INPUT.SEG2.WEIGHT_MAP,
             "weight_map_w0": cfg.MODEL.SEG2.LOSS.UNET_W0,
             "weight_map_sigma": cfg.MODEL.SEG2.LOSS.UNET_SIGMA,
+            "bit_depth": BitDepthRule.from_cfg(cfg),
         }
 
     def _read_sem_seg(self, path: str) -> np.ndarray:
@@ -104,8 +110,9 @@ class Seg2DatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = read_image(d["file_name"], self.image_format)
+        image = read_image(d["file_name"], self.image_format, self.bit_depth)
         utils.check_image_size(d, image)
+        source_shape = image.shape[:2]
         sem = self._read_sem_seg(d["sem_seg_file_name"]) if "sem_seg_file_name" in d else None
         need_pan = self.is_train and "pan_seg_file_name" in d and (
             self.weight_map or (self.instances and "annotations" not in d)
@@ -128,19 +135,27 @@ class Seg2DatasetMapper:
         pan_ids = rgb2id(transforms.apply_segmentation(pan_rgb)) if pan_rgb is not None else None
         if self.instances:
             if "annotations" in d:
-                d["instances"] = self._instances_from_annotations(d.pop("annotations"), transforms, image_shape)
+                d["instances"] = self._instances_from_annotations(
+                    d.pop("annotations"), transforms, image_shape, source_shape
+                )
             elif pan_ids is not None:
                 d["instances"] = self._instances_from_panoptic(pan_ids, d["segments_info"], image_shape)
         if self.weight_map:
             d["sem_seg_weights"] = self._weight_map(d, pan_ids, sem)
         return d
 
-    def _instances_from_annotations(self, annos, transforms, image_shape) -> Instances:
-        annos = [
-            utils.transform_instance_annotations(a, transforms, image_shape)
-            for a in annos
-            if a.get("iscrowd", 0) == 0
-        ]
+    def _instances_from_annotations(self, annos, transforms, image_shape, source_shape) -> Instances:
+        annos = [a for a in annos if a.get("iscrowd", 0) == 0]
+        if self.instance_mask_format == "bitmask":
+            # Rasterise polygons before transforming: the masks are then moved exactly like the
+            # semantic and panoptic PNGs, and a crop needs no polygon clipping (shapely).
+            h, w = source_shape
+            annos = [
+                dict(a, segmentation=mask_util.merge(mask_util.frPyObjects(a["segmentation"], h, w)))
+                if isinstance(a.get("segmentation"), list) else a
+                for a in annos
+            ]
+        annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
         inst = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
         if inst.has("gt_masks"):
             # Boxes of masks cut by a crop should shrink with them.

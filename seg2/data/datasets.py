@@ -16,6 +16,7 @@ from .cityscapes import cityscapes_root, register_cityscapes
 from .coco import load_coco_instances, register_coco_instances
 from .coco_panoptic import load_coco_panoptic, register_coco_panoptic
 from .semantic import load_semantic, register_semantic
+from .validate import configure_validation, validate_datasets
 
 __all__ = [
     "DatasetFormatError",
@@ -28,6 +29,7 @@ __all__ = [
     "register_semantic",
     "register_synthetic",
     "register_from_config",
+    "validate_datasets",
 ]
 
 # One input-error type for the whole package (seg2.io.InputError); the old name stays.
@@ -46,6 +48,7 @@ def register_from_config(cfg) -> None:
     ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
     Already-registered names are skipped, so calling this twice (e.g. in each worker) is safe.
     """
+    configure_validation(cfg)
     register_cityscapes(cityscapes_root(cfg))
 
     def entries(key: str, lengths: Sequence[int]):

@@ -12,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
-from ..data.datasets import register_from_config
+from ..data.datasets import register_from_config, validate_datasets
 
 __all__ = ["setup_cfg", "write_metrics", "format_metrics_table"]
 
@@ -38,6 +38,7 @@ def setup_cfg(args) -> CfgNode:
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
+    validate_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)  # before the first iteration
     return cfg
 
 

@@ -71,12 +71,42 @@ def _api(backend: str):
     raise ValueError(f"Unknown COCO backend {backend!r}; choose from {BACKENDS}")
 
 
+def _wrap_flat_polygons(gt: Dict) -> Dict:
+    """Real exports (e.g. solaris) write a polygon as one flat list of numbers, which
+    pycocotools cannot rasterise; read it as a list of one polygon, as the loader does."""
+    anns, n = [], 0
+    for a in gt.get("annotations", []):
+        seg = a.get("segmentation") if isinstance(a, dict) else None
+        if isinstance(seg, list) and seg and all(isinstance(v, (int, float)) for v in seg):
+            a, n = dict(a, segmentation=[seg]), n + 1
+        anns.append(a)
+    if n:
+        logger.info(f"COCO ground truth: {n} flat polygon list(s) read as one polygon each")
+        gt = dict(gt, annotations=anns)
+    return gt
+
+
+def _empty_results(coco_gt, backend: str):
+    """A results object with no detections: pycocotools' ``loadRes`` refuses an empty list,
+    but COCOeval scores one exactly (AP 0 where ground truth exists, -1 where none)."""
+    coco_cls, _ = _api(backend)
+    api = coco_cls()
+    api.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": list(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
+    api.createIndex()
+    return api
+
+
 def load_coco_gt(gt: Union[str, Dict], backend: Optional[str] = None):
     """A COCO ground-truth API object of ``backend`` from a JSON path or a loaded dict."""
     coco_cls, _ = _api(backend or default_backend())
     with contextlib.redirect_stdout(io.StringIO()):
         if isinstance(gt, str):
             gt = read_json(gt, "COCO ground-truth")
+        gt = _wrap_flat_polygons(gt)
         api = coco_cls()
         api.dataset = gt if backend != "faster_coco_eval" else dict(gt)
         api.createIndex()
@@ -198,9 +228,12 @@ def evaluate_coco_results(
         img_ids: evaluate on these images only.
 
     Returns:
-        {iou_type: :func:`coco_summary`}.
+        {iou_type: :func:`coco_summary`}. With no results at all every figure is 0 where
+        ground truth exists (not NaN); categories and area ranges without ground truth are
+        NaN, with a logged note.
     """
     backend = backend or default_backend()
+    _note_missing_ground_truth(coco_gt, img_ids)
     _, eval_cls = _api(backend)
     if class_names is None:
         cats = sorted(coco_gt.dataset["categories"], key=lambda c: c["id"])
@@ -209,15 +242,12 @@ def evaluate_coco_results(
     for iou_type in sorted(iou_types):
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"Unsupported iou_type {iou_type!r}; seg2 evaluates 'bbox' and 'segm'")
-        if not results:  # pycocotools cannot load an empty result list
-            out[iou_type] = coco_summary(None, iou_type)
-            continue
         dts = [_copy_result(r) for r in results]  # loadRes writes into the dicts
         if iou_type == "segm":
             for d in dts:  # with a box, loadRes would take the box area as the mask's
                 d.pop("bbox", None)
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(dts)
+            coco_dt = coco_gt.loadRes(dts) if dts else _empty_results(coco_gt, backend)
             if backend == "faster_coco_eval":
                 coco_eval = eval_cls(
                     coco_gt, coco_dt, iou_type, print_function=lambda *a, **k: None
@@ -236,6 +266,23 @@ def evaluate_coco_results(
                 coco_eval.summarize()
         out[iou_type] = coco_summary(coco_eval, iou_type, class_names)
     return out
+
+
+def _note_missing_ground_truth(coco_gt, img_ids: Optional[Sequence[int]]) -> None:
+    """Say (once per evaluation) which categories have no ground truth: their AP is NaN."""
+    keep = None if img_ids is None else set(img_ids)
+    counts = {c["id"]: 0 for c in coco_gt.dataset["categories"]}
+    for a in coco_gt.dataset["annotations"]:
+        if (keep is None or a["image_id"] in keep) and not a.get("iscrowd", 0):
+            counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+    empty = [c for c, n in counts.items() if n == 0]
+    if len(empty) == len(counts):
+        logger.warning("COCO evaluation: the ground truth has no (non-crowd) annotations; every AP is NaN")
+    elif empty:
+        logger.warning(
+            f"COCO evaluation: {len(empty)} of {len(counts)} categories have no ground truth "
+            f"(ids {sorted(empty)[:10]}); their AP is NaN and left out of the mean"
+        )
 
 
 def _copy_result(r: Dict) -> Dict:
@@ -276,6 +323,17 @@ def evaluate_coco_files(
     for key in ("images", "annotations", "categories"):
         if not isinstance(gt.get(key), list):
             raise EvaluationInputError(f"{gt_json}: top-level field '{key}' missing or not a list")
+    if not gt["images"]:
+        raise EvaluationInputError(f"{gt_json}: field 'images' is empty: nothing to evaluate")
+    from ..data.checks import check_coco_instances_json
+    from ..data.validate import ValidationReport
+
+    report = ValidationReport(gt_json)
+    check_coco_instances_json(gt, gt_json, report)
+    if not report.ok:
+        raise EvaluationInputError(f"{report.format()}\n{len(report.problems)} problem(s) in the ground truth")
+    for line in report.note_lines():
+        logger.info(f"{gt_json}: {line}")
     results = validate_coco_results(
         read_json(results_json, "COCO results"), gt, iou_types, results_json
     )
@@ -360,8 +418,10 @@ class Seg2COCOEvaluator(DatasetEvaluator):
         else:
             predictions = self._predictions
         if not predictions:
-            logger.warning(f"[Seg2COCOEvaluator] no predictions for '{self._dataset_name}'")
-            return OrderedDict()
+            raise InputError(
+                f"[Seg2COCOEvaluator] dataset '{self._dataset_name}': no image was evaluated "
+                "(the dataset is empty)"
+            )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             with atomic_open(os.path.join(self._output_dir, "instances_predictions.pth"), "wb") as f:
@@ -382,10 +442,16 @@ class Seg2COCOEvaluator(DatasetEvaluator):
             logger.info(f"Saving results to {path}")
             write_json(results, path, indent=None)
 
-        tasks = self._tasks or (("bbox", "segm") if any("segmentation" in r for r in results) else ("bbox",))
+        gt = self._ground_truth()
+        with_masks = any("segmentation" in r for r in results) or (
+            not results and any("segmentation" in a for a in gt.dataset["annotations"])
+        )
+        tasks = self._tasks or (("bbox", "segm") if with_masks else ("bbox",))
+        if img_ids is None:  # the images run, so skipped or chunked sets score what was seen
+            img_ids = sorted({p["image_id"] for p in predictions})
         logger.info(f"Evaluating predictions with {self._backend} (exact COCO AP) ...")
         per_task = evaluate_coco_results(
-            self._ground_truth(),
+            gt,
             results,
             tasks,
             class_names=self._metadata.get("thing_classes", None),

@@ -153,8 +153,10 @@ class Seg2PanopticEvaluator(DatasetEvaluator):
         else:
             predictions = self._predictions
         if not predictions:
-            logger.warning(f"[Seg2PanopticEvaluator] no predictions for '{self._dataset_name}'")
-            return OrderedDict()
+            raise InputError(
+                f"[Seg2PanopticEvaluator] dataset '{self._dataset_name}': no image was "
+                "evaluated (the dataset is empty)"
+            )
         predictions = copy.copy(predictions)
 
         names = [p["file_name"] for p in predictions]

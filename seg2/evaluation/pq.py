@@ -277,6 +277,19 @@ def pq_average(
     return mean, per_class
 
 
+def _note_missing_ground_truth(stat: PQStat, categories: Mapping[int, Mapping]) -> None:
+    """Say which categories have no ground-truth segment: their PQ is NaN without
+    predictions, 0 with (false positives only), never silently."""
+    empty = [c for c in categories if stat.pq_per_cat.get(c, PQStatCat()).tp + stat.pq_per_cat.get(c, PQStatCat()).fn == 0]
+    if len(empty) == len(categories):
+        logger.warning("PQ: the ground truth has no segment of any category; PQ is NaN (0 for categories with predictions)")
+    elif empty:
+        logger.warning(
+            f"PQ: {len(empty)} of {len(categories)} categories have no ground-truth segment "
+            f"(ids {sorted(empty)[:10]}): NaN without predictions, 0 with false positives only"
+        )
+
+
 def pq_results(stat: PQStat, categories: Mapping[int, Mapping]) -> Dict[str, float]:
     """Detectron2's panoptic keys, in percent.
 
@@ -290,6 +303,7 @@ def pq_results(stat: PQStat, categories: Mapping[int, Mapping]) -> Dict[str, flo
         class (e.g. things of a stuff-only dataset, or a class absent from both GT and
         predictions) is NaN, as Detectron2 reports absent classes.
     """
+    _note_missing_ground_truth(stat, categories)
     res: Dict[str, float] = OrderedDict()
     per_class: Dict[int, Dict[str, float]] = {}
     for _, isthing, suffix in _GROUPS:
@@ -447,6 +461,8 @@ def pq_compute_files(
             )
         pred_anns[ann["image_id"]] = ann
 
+    if not gt_anns:
+        raise PanopticInputError(f"{gt_json}: field 'annotations' is empty: nothing to evaluate")
     if image_ids is not None:
         wanted = list(image_ids)
         unknown = [i for i in wanted if i not in gt_anns]

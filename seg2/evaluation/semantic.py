@@ -175,6 +175,14 @@ def semantic_metrics(conf: np.ndarray, class_names: Sequence[str]) -> "OrderedDi
     # matrix is the transpose), so the shared figures are bit-identical.
     tp = conf.diagonal()[:k].astype(float)
     pos_gt = np.sum(conf[:k, :], axis=1).astype(float)
+    if not pos_gt.any():
+        logger.warning("semantic metrics: the ground truth has no labelled pixel; every figure is NaN")
+    elif not pos_gt.all():
+        absent = [class_names[i] for i in np.flatnonzero(pos_gt == 0)]
+        logger.warning(
+            f"semantic metrics: {len(absent)} of {k} classes have no ground-truth pixel "
+            f"({absent[:10]}): NaN, left out of the means"
+        )
     pos_pred = np.sum(conf[:k, :k], axis=0).astype(float)
     class_weights = pos_gt / np.sum(pos_gt) if np.sum(pos_gt) > 0 else np.zeros(k)
     valid = pos_gt > 0

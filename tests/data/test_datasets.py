@@ -63,7 +63,7 @@ class TestSyntheticRegistration(unittest.TestCase):
         remap = np.array([0, 0, 0, 1, 2, 3, 4] + [255] * 249, dtype=np.uint8)
         for d in DatasetCatalog.get(name):
             derived = np.asarray(Image.open(d["sem_seg_file_name"]))
-            reference = np.asarray(Image.open(f"{self.root}/semantic_val/" + os.path.basename(d["sem_seg_file_name"])))
+            reference = np.asarray(Image.open(f"{self.root}/semantic_val/" + os.path.basename(d["pan_seg_file_name"])))
             np.testing.assert_array_equal(derived, remap[reference])
             for s in d["segments_info"]:
                 self.assertLess(s["category_id"], 3 if s["isthing"] else 5)
@@ -124,7 +124,7 @@ class TestUserData(unittest.TestCase):
         self.assertNotIn("annotations", dicts[0])
         for d in dicts:
             derived = np.asarray(Image.open(d["sem_seg_file_name"]))
-            reference = np.asarray(Image.open(f"{self.root}/semantic_val/" + os.path.basename(d["sem_seg_file_name"])))
+            reference = np.asarray(Image.open(f"{self.root}/semantic_val/" + os.path.basename(d["pan_seg_file_name"])))
             np.testing.assert_array_equal(derived, reference)
         mtime = os.path.getmtime(dicts[0]["sem_seg_file_name"])
         DatasetCatalog.get(name)  # cached: not rewritten
@@ -158,19 +158,19 @@ class TestBadInput(unittest.TestCase):
         self.data["annotations"][0]["category_id"] = 99
         path = self._write(self.data)
         ann_id = self.data["annotations"][0]["id"]
-        with self.assertRaisesRegex(DatasetFormatError, f"annotation {ann_id} has category_id 99"):
+        with self.assertRaisesRegex(DatasetFormatError, f"ann.json: annotation {ann_id}: field 'category_id' = 99"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_missing_field(self):
         del self.data["images"][0]["height"]
         path = self._write(self.data)
-        with self.assertRaisesRegex(DatasetFormatError, r"lacks field\(s\) \['height'\]"):
+        with self.assertRaisesRegex(DatasetFormatError, r"ann.json: image \d+: field 'height' = '<missing>'"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_missing_image_file(self):
         self.data["images"][0]["file_name"] = "nope.png"
         path = self._write(self.data)
-        with self.assertRaisesRegex(DatasetFormatError, "image file.*nope.png"):
+        with self.assertRaisesRegex(DatasetFormatError, "nope.png: image \d+: field 'file_name' = 'nope.png': image file not found"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_corrupt_image_and_bad_label_in_mapper(self):
@@ -194,5 +194,5 @@ class TestBadInput(unittest.TestCase):
         path = self._write(pan)
         name = _unique("badpan")
         register_coco_panoptic(name, f"{self.root}/images/val", f"{self.root}/panoptic_val", path)
-        with self.assertRaisesRegex(DatasetFormatError, "unknown category_id 98"):
+        with self.assertRaisesRegex(DatasetFormatError, "ann.json: segment \d+ of image \d+: field 'category_id' = 98"):
             DatasetCatalog.get(name)

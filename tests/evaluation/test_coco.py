@@ -240,12 +240,42 @@ class TestAgainstPycocotools(_Reference, unittest.TestCase):
             self.assertEqual(results, before)
             self.assertEqual(first["segm"]["AP"], second["segm"]["AP"])
 
-    def test_empty_results_are_nan(self):
+    def test_no_predictions_score_zero_where_ground_truth_exists(self):
+        """No detections: AP 0 (not NaN) for every area range holding non-crowd ground
+        truth, NaN for ranges holding none (COCO's definition: recall 0 on every GT)."""
         path = os.path.join(self.tmp, "empty.json")
         with open(path, "w") as f:
             json.dump([], f)
-        out = evaluate_coco_files(self.gt_json, path)
+        anns = [a for a in self.gt["annotations"] if not a.get("iscrowd", 0)]
+        ranges = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, 1e10)}
+        for backend in ("faster_coco_eval", "pycocotools"):
+            out = evaluate_coco_files(self.gt_json, path, backend=backend)
+            for task in ("bbox", "segm"):
+                for key in ("AP", "AP50", "AP75"):
+                    self.assertEqual(out[task][key], 0.0, (backend, task, key))
+                for key, (lo, hi) in ranges.items():
+                    has_gt = any(lo <= a["area"] < hi for a in anns)
+                    if has_gt:
+                        self.assertEqual(out[task][key], 0.0, (backend, task, key))
+                    else:
+                        self.assertTrue(math.isnan(out[task][key]), (backend, task, key))
+
+    def test_no_ground_truth_is_nan_and_noted(self):
+        gt = dict(self.gt, annotations=[])
+        gt_json = os.path.join(self.tmp, "gt_empty.json")
+        with open(gt_json, "w") as f:
+            json.dump(gt, f)
+        with self.assertLogs("seg2.evaluation.coco", "WARNING") as logs:
+            out = evaluate_coco_files(gt_json, self.res_json)
         self.assertTrue(all(math.isnan(v) for t in out.values() for v in t.values()))
+        self.assertIn("no (non-crowd) annotations", "\n".join(logs.output))
+
+    def test_empty_ground_truth_images_is_an_error(self):
+        gt_json = os.path.join(self.tmp, "gt_noimages.json")
+        with open(gt_json, "w") as f:
+            json.dump(dict(self.gt, images=[], annotations=[]), f)
+        with self.assertRaisesRegex(ValueError, "gt_noimages.json: field 'images' is empty"):
+            evaluate_coco_files(gt_json, self.res_json)
 
     def test_bad_results_name_the_file_and_id(self):
         base = _make_results(self.gt_json)

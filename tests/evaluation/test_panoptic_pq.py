@@ -689,3 +689,30 @@ class TestEvaluator(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestEdgeCases(unittest.TestCase):
+    """Ground truth without segments is a logged note (not a silent NaN); an empty ground
+    truth is an error naming the file and the field."""
+
+    def test_ground_truth_without_segments(self):
+        # GT all void: the predicted segment lies on void, so COCO ignores it (not a FP);
+        # every figure is NaN, and the note says why.
+        gt = row((0, 4))
+        pred = row((5, 2), (0, 2))
+        stat = single(gt, [], pred, [seg(5, 1)])
+        with self.assertLogs("seg2.evaluation.pq", "WARNING") as logs:
+            res = pq_results(stat, CATS)
+        self.assertTrue(all(np.isnan(res[k]) for k in ("PQ", "PQ-a", "PQ-b", "PQ_st")))
+        self.assertIn("the ground truth has no segment of any category", "\n".join(logs.output))
+
+        stat = single(row((1, 2), (0, 2)), [seg(1, 1)], row((1, 2), (0, 2)), [seg(1, 1)])
+        with self.assertLogs("seg2.evaluation.pq", "WARNING") as logs:
+            pq_results(stat, CATS)
+        self.assertIn("3 of 4 categories have no ground-truth segment (ids [2, 3, 4])", "\n".join(logs.output))
+
+    def test_empty_ground_truth_is_an_error(self):
+        with tempfile.TemporaryDirectory() as root:
+            gt_json, gt_dir, pred_json, pred_dir = write_case(root, [])
+            with self.assertRaisesRegex(PanopticInputError, "gt.json: field 'annotations' is empty"):
+                pq_compute_files(gt_json, gt_dir, pred_json, pred_dir, num_workers=0)

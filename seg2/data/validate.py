@@ -1,0 +1,239 @@
+"""One validation pass per dataset, before anything trains or scores on it.
+
+Every problem found in a pass is collected in a :class:`ValidationReport` (file, image /
+annotation / segment id, field, value) rather than stopping at the first; what then happens
+is the user's choice (``DATASETS.SEG2.ON_BAD_SAMPLE``): ``"error"`` stops with the whole list,
+``"skip"`` drops each broken image with a logged reason and a count. Conversions that keep a
+sample usable (a flat polygon list, a grayscale or 16-bit image) are not problems but are
+reported once per kind with a count, so nothing is altered silently.
+
+The checks for each format live in :mod:`.checks`; the loaders of :mod:`.coco`,
+:mod:`.coco_panoptic` and :mod:`.semantic` call them, and :func:`validate_datasets` covers any
+other registered dataset (Cityscapes, the real samples) through its dataset dicts.
+"""
+
+import copy
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..io import BitDepthRule, InputError
+
+__all__ = [
+    "Problem",
+    "ValidationReport",
+    "ValidationOptions",
+    "configure_validation",
+    "validation_options",
+    "finish_validation",
+    "validate_datasets",
+    "last_report",
+]
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("error", "skip", "report")
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the input. ``sample`` is the image (id or file) a skip drops;
+    None means the dataset as a whole is unusable (no skip can help)."""
+
+    file: str
+    where: str
+    field: str
+    value: Any
+    message: str
+    sample: Optional[Hashable] = None
+
+    def __str__(self) -> str:
+        where = f" {self.where}:" if self.where else ""
+        value = repr(self.value)
+        if len(value) > 80:
+            value = value[:77] + "..."
+        fld = f" field '{self.field}' = {value}:" if self.field else ""
+        return f"{self.file}:{where}{fld} {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """Problems and conversion notes of one dataset."""
+
+    dataset: str
+    problems: List[Problem] = field(default_factory=list)
+    notes: "OrderedDict[str, List[str]]" = field(default_factory=OrderedDict)
+    num_samples: int = 0
+
+    def add(self, file: str, where: str, fld: str, value: Any, message: str, sample=None) -> None:
+        self.problems.append(Problem(file, where, fld, value, message, sample))
+
+    def note(self, kind: str, item: str) -> None:
+        """Record one conversion of ``kind`` (counted, the first items shown)."""
+        self.notes.setdefault(kind, []).append(item)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def fatal(self) -> bool:
+        return any(p.sample is None for p in self.problems)
+
+    @property
+    def bad_samples(self) -> set:
+        return {p.sample for p in self.problems if p.sample is not None}
+
+    def note_lines(self) -> List[str]:
+        lines = []
+        for kind, items in self.notes.items():
+            eg = ", ".join(items[:2]) + (", ..." if len(items) > 2 else "")
+            lines.append(f"note: {kind}: {len(items)} time(s), e.g. {eg}")
+        return lines
+
+    def format(self, max_problems: Optional[int] = None) -> str:
+        """The report as text: a headline, one line per problem, one line per note kind."""
+        n = len(self.problems)
+        head = f"dataset '{self.dataset}': {self.num_samples} sample(s), "
+        if n:
+            head += f"{n} problem(s) in {len(self.bad_samples)} sample(s)"
+            if self.fatal:
+                head += " (some concern the whole dataset)"
+        else:
+            head += "no problems"
+        shown = self.problems if max_problems is None else self.problems[:max_problems]
+        lines = [head] + [f"  {p}" for p in shown]
+        if len(shown) < n:
+            lines.append(f"  ... and {n - len(shown)} more")
+        lines += [f"  {line}" for line in self.note_lines()]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How loaders treat what validation finds (set from a config by
+    :func:`configure_validation`; datasets are registered before any config exists)."""
+
+    on_bad_sample: str = "error"
+    check_files: bool = True
+    bit_depth: BitDepthRule = BitDepthRule()
+
+
+_OPTIONS = [ValidationOptions()]
+_REPORTS: Dict[str, ValidationReport] = {}
+
+
+def validation_options() -> ValidationOptions:
+    return _OPTIONS[0]
+
+
+def configure_validation(cfg=None, **overrides) -> ValidationOptions:
+    """Set the options every dataset loader uses from ``DATASETS.SEG2.ON_BAD_SAMPLE``,
+    ``DATASETS.SEG2.CHECK_FILES`` and ``INPUT.SEG2.BIT_DEPTH``; keyword overrides win."""
+    kw = {}
+    if cfg is not None:
+        kw = dict(
+            on_bad_sample=cfg.DATASETS.SEG2.ON_BAD_SAMPLE,
+            check_files=bool(cfg.DATASETS.SEG2.CHECK_FILES),
+            bit_depth=BitDepthRule.from_cfg(cfg),
+        )
+    kw.update(overrides)
+    opts = ValidationOptions(**{**validation_options().__dict__, **kw})
+    if opts.on_bad_sample not in POLICIES:
+        raise InputError(
+            f"DATASETS.SEG2.ON_BAD_SAMPLE: {opts.on_bad_sample!r} is not one of ['error', 'skip']"
+        )
+    _OPTIONS[0] = opts
+    return opts
+
+
+def last_report(name: str) -> Optional[ValidationReport]:
+    """The report of the latest load of dataset ``name`` in this process (None if none)."""
+    return _REPORTS.get(name)
+
+
+def finish_validation(
+    report: ValidationReport, dicts: List[Dict], sample_of: Callable[[Dict], Hashable]
+) -> List[Dict]:
+    """Apply the policy to a finished report: log the notes, then raise (``error``) or drop
+    the broken samples (``skip``; each logged). ``sample_of`` maps a dict to its sample key."""
+    _REPORTS[report.dataset] = report
+    report.num_samples = report.num_samples or len(dicts)
+    for line in report.note_lines():
+        logger.info(f"[validate] {report.dataset}: {line}")
+    policy = validation_options().on_bad_sample
+    if report.ok:
+        return dicts
+    if policy == "error" or report.fatal:
+        hint = (
+            ""
+            if report.fatal
+            else "; DATASETS.SEG2.ON_BAD_SAMPLE skip drops broken samples instead"
+        )
+        raise InputError(f"{report.format()}\n{len(report.problems)} problem(s){hint}")
+    bad = report.bad_samples
+    kept = [d for d in dicts if sample_of(d) not in bad]
+    if policy == "skip":
+        for p in report.problems:
+            logger.warning(f"[validate] {report.dataset}: skipping sample {p.sample!r}: {p}")
+        logger.warning(
+            f"[validate] {report.dataset}: skipped {len(dicts) - len(kept)} of {len(dicts)} "
+            f"sample(s) for {len(report.problems)} problem(s) (DATASETS.SEG2.ON_BAD_SAMPLE=skip)"
+        )
+    if not kept:
+        raise InputError(f"{report.format()}\nevery sample of '{report.dataset}' is broken")
+    return kept
+
+
+def _sample_key(d: Dict) -> Hashable:
+    return d.get("image_id", d.get("file_name"))
+
+
+def _checked_dicts(name: str, loader: Callable[[], List[Dict]]) -> List[Dict]:
+    """Run ``loader``; if it is not one of seg2's validating loaders (Cityscapes, the real
+    samples, a user's own ``DatasetCatalog.register``), check its dicts here."""
+    from .checks import check_dataset_dicts
+
+    _REPORTS.pop(name, None)
+    dicts = loader()
+    if name not in _REPORTS:
+        report = ValidationReport(name)
+        check_dataset_dicts(
+            dicts, report, MetadataCatalog.get(name).as_dict(), validation_options()
+        )
+        dicts = finish_validation(report, dicts, _sample_key)
+    return dicts
+
+
+def validate_datasets(cfg, names: Sequence[str]) -> Dict[str, ValidationReport]:
+    """Configure validation from ``cfg`` and run it once on each registered dataset in
+    ``names`` (call it before the first iteration; ``setup_cfg`` does).
+
+    Each dataset is then re-registered to return the validated dicts (a copy each time), so
+    the trainer and the evaluators load what was checked, under the chosen policy, without
+    a second pass. Raises InputError (policy ``error``) listing every problem of the first
+    broken dataset; returns {name: report}.
+    """
+    if cfg is not None:
+        configure_validation(cfg)
+    reports = {}
+    for name in dict.fromkeys(names):
+        if name not in DatasetCatalog.list():
+            continue  # Detectron2 itself reports unknown names, with the registered ones
+        loader = DatasetCatalog[name]
+        if getattr(loader, "_seg2_validated", False):
+            reports[name] = _REPORTS.get(name)
+            continue
+        dicts = _checked_dicts(name, loader)
+
+        def load(dicts=dicts):
+            return copy.deepcopy(dicts)
+
+        load._seg2_validated = True
+        DatasetCatalog.remove(name)
+        DatasetCatalog.register(name, load)
+        reports[name] = _REPORTS[name]
+    return reports
