@@ -7,12 +7,11 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from ..data.dataset_mapper import Seg2DatasetMapper
-from ..io import read_panoptic_png
+from ..io import BitDepthRule, read_image, read_panoptic_png
 
 __all__ = ["draw_prediction", "save_prediction_overlays"]
 
@@ -90,7 +89,8 @@ def save_prediction_overlays(
     rows, paths = [], []
     for record in DatasetCatalog.get(dataset_name)[:num]:
         output = model([mapper(record)])[0]
-        image = utils.read_image(record["file_name"], format="RGB")
+        # seg2's reader, as in training: 16-bit tiles are scaled by INPUT.SEG2.BIT_DEPTH.
+        image = read_image(record["file_name"], "RGB", BitDepthRule.from_cfg(cfg))
         picture = draw_prediction(image, record, output, metadata)
         path = os.path.join(output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
         Image.fromarray(picture).save(path)
