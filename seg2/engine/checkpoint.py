@@ -13,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..config_check import checkpoint_problem
 from ..io import InputError, atomic_open
 from .divergence import TrainingDivergedError
+from .weights import summarize_shape_mismatches
 
 __all__ = ["AtomicCheckpointer"]
 
@@ -47,7 +48,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     Also: temporary files a killed run left behind are removed when it is created (main
     process); :meth:`get_checkpoint_file` skips a tagged file that is unreadable, falling back
     to the newest readable checkpoint; :meth:`save` refuses a model with non-finite weights, so
-    the last checkpoint written is always a usable one.
+    the last checkpoint written is always a usable one. Loading is Detectron2's too; a
+    checkpoint of a model with other class counts (fine-tuning) gets one summary line for its
+    re-initialised heads (``seg2.engine.weights``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -133,3 +136,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _newest_or_none(self) -> str:
         return super().get_checkpoint_file() if super().has_checkpoint() else "none yet"
+
+    # ---- fine-tuning: one line for the heads that do not fit
+
+    def load(self, path: str, *args, **kwargs):
+        """Detectron2's ``load``; tensors whose shapes do not fit are logged in one line."""
+        with summarize_shape_mismatches(self.logger):
+            return super().load(path, *args, **kwargs)

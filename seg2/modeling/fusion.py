@@ -256,14 +256,18 @@ class ProbabilisticFusion:
       1. Detector posterior. Instance i (score s_i >= ``instances_score_thresh``, mask
          probability m_i(p)) claims p with q_i(p) = s_i * m_i(p). Summing q over the
          instances of thing class t gives Q_t(p); if sum_t Q_t(p) > 1 all Q are divided by
-         that sum. The remainder r(p) = 1 - sum_t Q_t(p) is "not a detected thing"; the
-         detector cannot tell stuff classes apart, so r is split among stuff classes in the
-         proportions of the semantic branch.
+         that sum. The remainder r(p) = 1 - sum_t Q_t(p) is the mass the detector did not
+         claim: "no detected object here" says nothing about which class the pixel is (a
+         missed object, or stuff), so the detector defers r to the semantic branch, split
+         among *all* K classes in its proportions: P_det(c|p) = Q(c|p) + r(p) * P_sem(c|p).
       2. Pooled posterior P(c|p) = (1 - w) * P_det(c|p) + w * P_sem(c|p) over all K classes,
          w = ``semantic_weight``. The pixel takes c* = argmax_c P(c|p).
       3. If c* is a thing class, the pixel goes to the instance of that class with the
-         largest q_i(p); if no instance of that class covers p (q = 0), it is void (as in
-         the heuristic: an object the detector missed). If c* is stuff, it goes to stuff c*.
+         largest q_i(p); if no instance of that class covers p (q = 0), it is void. If c* is
+         stuff, it goes to stuff c*. Where no instance covers p, P = P_sem, so the pixel
+         takes the semantic argmax exactly as in the heuristic: a pixel the semantic branch
+         calls a thing, where nothing was detected, is void (an object the detector missed),
+         never a stuff segment.
       4. An instance that lost more than ``overlap_thresh`` of its own binary mask
          (m_i >= 0.5) to other segments is dropped and its pixels become void (small
          leftovers of a beaten instance are not trustworthy segments). Stuff segments
@@ -328,7 +332,6 @@ class ProbabilisticFusion:
         k, h, w = probs.shape
         num_things = len(thing_ids)
         thing_sem = torch.as_tensor(list(thing_ids), dtype=torch.long, device=device)
-        stuff_sem = torch.as_tensor(list(stuff_ids), dtype=torch.long, device=device)
 
         keep = (instances.scores >= self.instances_score_thresh).nonzero().flatten().tolist()
         masks = instances.pred_masks.to(device)
@@ -355,13 +358,9 @@ class ProbabilisticFusion:
         # 1. detector posterior over all K semantic classes
         total = claim_sum.sum(dim=0)
         claim_sum = claim_sum / total.clamp(min=1.0)
-        p_det = probs.new_zeros((k, h, w))
+        # (the unclaimed remainder is deferred to the semantic branch, over all classes)
+        p_det = (1.0 - claim_sum.sum(dim=0)) * probs
         p_det.index_add_(0, thing_sem, claim_sum)
-        if len(stuff_ids):
-            remainder = 1.0 - claim_sum.sum(dim=0)
-            stuff_p = probs[stuff_sem]
-            stuff_p = stuff_p / stuff_p.sum(dim=0, keepdim=True).clamp(min=1e-12)
-            p_det.index_add_(0, stuff_sem, remainder * stuff_p)
         # 2. pooled posterior
         pooled = (1.0 - self.semantic_weight) * p_det + self.semantic_weight * probs
         winner = pooled.argmax(dim=0)

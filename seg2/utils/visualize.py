@@ -12,7 +12,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from ..data.dataset_mapper import Seg2DatasetMapper
-from ..io import read_image, read_panoptic_png, write_png
+from ..io import BitDepthRule, read_image, read_panoptic_png, write_png
 
 __all__ = [
     "draw_prediction",
@@ -106,7 +106,8 @@ def save_prediction_overlays(
     rows, paths = [], []
     for record in DatasetCatalog.get(dataset_name)[:num]:
         output = model([mapper(record)])[0]
-        image = read_image(record["file_name"], format="RGB")
+        # seg2's reader, as in training: 16-bit tiles are scaled by INPUT.SEG2.BIT_DEPTH.
+        image = read_image(record["file_name"], "RGB", BitDepthRule.from_cfg(cfg))
         picture = draw_prediction(image, record, output, metadata)
         path = os.path.join(
             output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png"

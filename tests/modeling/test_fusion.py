@@ -183,11 +183,12 @@ class TestProbabilisticFusion(unittest.TestCase):
         probs = torch.tensor(
             [[0.35, 0.05, 0.60], [0.10, 0.80, 0.10], [0.05, 0.05, 0.90], [0.10, 0.10, 0.80]]
         ).T.reshape(3, 1, 4)
-        # px0: P_det = [.9, 0, .1]; pool = [.625, .025, .35]          -> A
-        # px1: q = (.9, .8) sums to 1.7 -> [.529, .471, 0];
-        #      pool = [.315, .635, .05]                                 -> B (heuristic: A)
-        # px2: P_det = [0, .8, .2]; pool = [.025, .425, .55]           -> stuff
-        # px3: P_det = [0, 0, 1];  pool = [.05, .05, .9]               -> stuff
+        # P_det = Q + r * P_sem (r = unclaimed mass, deferred to the semantic branch):
+        # px0: r = .1: P_det = [.935, .005, .06]; pool = [.6425, .0275, .33]  -> A
+        # px1: q = (.9, .8) sums to 1.7 -> [.529, .471, 0], r = 0;
+        #      pool = [.315, .635, .05]                                       -> B (heuristic: A)
+        # px2: r = .2: P_det = [.01, .81, .18]; pool = [.03, .43, .54]       -> stuff
+        # px3: no claim: pool = P_sem = [.1, .1, .8]                          -> stuff
         # A and B each keep 1 of 2 mask pixels: lost 0.5, not > 0.5, both kept.
         pan, segs = self.fuse(inst, probs, [0, 1], [2])
         self.assertEqual(pan.tolist(), [[1, 2, 3, 3]])
@@ -212,14 +213,15 @@ class TestProbabilisticFusion(unittest.TestCase):
         inst = _instances(w, [0.4], [0])
         probs = torch.tensor([[0.8, 0.05, 0.15], [0.05, 0.05, 0.9], [0.05, 0.05, 0.9]])
         probs = probs.T.reshape(3, 1, 3)
-        # px0: P_det = [.4, 0, .6]; pool = [.6, .025, .375]   -> W
-        # px1: pool = [.225, .025, .75]                          -> stuff
+        # px0: r = .6: P_det = [.88, .03, .09]; pool = [.84, .04, .12]  -> W
+        # px1: P_det = [.43, .03, .54]; pool = [.24, .04, .72]           -> stuff
         pan, segs = self.fuse(inst, probs, [0, 1], [2])
         self.assertEqual(pan.tolist(), [[1, 2, 2]])
         self.assertAlmostEqual(segs[0]["score"], 0.4, places=6)
-        # Below the score floor W is no candidate: px0 pool = [.4, .025, .575] -> stuff.
+        # Below the score floor W is no candidate: pool = P_sem; px0 says thing 0 (0.8)
+        # with no instance -> void, as in the heuristic; px1-2 stuff.
         pan, segs = self.fuse(inst, probs, [0, 1], [2], instances_score_thresh=0.5)
-        self.assertEqual(pan.tolist(), [[1, 1, 1]])
+        self.assertEqual(pan.tolist(), [[0, 1, 1]])
 
     def test_overlapping_claims_are_normalised(self):
         # A (class 0) and B (class 1), both q = 0.9 on one pixel whose semantic says stuff.
@@ -235,9 +237,8 @@ class TestProbabilisticFusion(unittest.TestCase):
         # score 0.8 -> q = 0.4 on both pixels.
         inst = _instances(torch.full((1, 1, 2), 0.5), [0.8], [0])
         probs = torch.tensor([[0.1, 0.8, 0.1], [0.6, 0.2, 0.2]]).T.reshape(3, 1, 2)
-        # px0: P_det = [.6*.5, .4, .6*.5] = [.3, .4, .3]; pool = [.2, .6, .2]  -> thing
-        # px1: stuff split .6 * [.75, .25] = [.45, .15]; P_det = [.45, .4, .15];
-        #      pool = [.525, .3, .175]                                           -> stuff 0
+        # px0: r = .6: P_det = [.06, .4 + .48, .06]; pool = [.08, .84, .08]   -> thing
+        # px1: P_det = [.36, .4 + .12, .12]; pool = [.48, .36, .16]           -> stuff 0
         pan, segs = self.fuse(inst, probs, [1], [0, 2])
         self.assertEqual(pan.tolist(), [[1, 2]])
         self.assertEqual(
@@ -249,13 +250,37 @@ class TestProbabilisticFusion(unittest.TestCase):
         )
 
     def test_thing_without_instance_is_void(self):
-        # No instances; semantic says thing (0.8) vs two stuff (0.1 each):
-        # P_det = [0, .5, .5]; pool = [.4, .3, .3] -> thing, but no instance -> void.
+        # No instances: P_det = P_sem, so pool = P_sem. px0 says thing (0.8) vs two stuff
+        # (0.1 each) -> thing, but no instance -> void; px1 -> stuff 2.
         inst = _instances(torch.zeros(0, 1, 2, dtype=torch.bool), [], [])
         probs = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]).T.reshape(3, 1, 2)
         pan, segs = self.fuse(inst, probs, [0], [1, 2])
         self.assertEqual(pan.tolist(), [[0, 1]])
         self.assertEqual(_strip(segs), [{"id": 1, "isthing": False, "category_id": 2}])
+
+
+    def test_missed_object_is_void_even_with_one_stuff_class(self):
+        # The case: thing class 0 = semantic 0, one stuff class = semantic 1,
+        # w = 0.5. 2x2 image, columns: left semantic P(thing) = .9, right P(stuff) = .9.
+        # One instance (class 0, score .9) covers the bottom-left pixel only.
+        probs = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[0.1, 0.9], [0.1, 0.9]]])
+        inst = _instances(_box(2, 2, 1, 2, 0, 1)[None], [0.9], [0])
+        # (0,0): no claim, pool = P_sem = [.9, .1] -> thing, no instance covers -> void
+        #        (the old posterior, all unclaimed mass to stuff, gave [.45, .55] -> stuff).
+        # (1,0): r = .1: P_det = [.99, .01]; pool = [.945, .055]           -> the instance
+        # (0,1), (1,1): pool = P_sem = [.1, .9]                             -> stuff
+        pan, segs = self.fuse(inst, probs, [0], [1])
+        self.assertEqual(pan.tolist(), [[0, 2], [1, 2]])
+        self.assertEqual(
+            [(s["id"], s["isthing"], s["category_id"], s["area"]) for s in segs],
+            [(1, True, 0, 1), (2, False, 1, 2)],
+        )
+        # Without any instance, the whole thing column is void, like HeuristicFusion's.
+        none = _instances(torch.zeros(0, 2, 2, dtype=torch.bool), [], [])
+        pan, segs = self.fuse(none, probs, [0], [1])
+        self.assertEqual(pan.tolist(), [[0, 1], [0, 1]])
+        heur, _ = HeuristicFusion(stuff_area_limit=1)(none, probs, [0], [1])
+        self.assertEqual(pan.tolist(), heur.tolist())
 
 
 class TestFusionInvariants(unittest.TestCase):
