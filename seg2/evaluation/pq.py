@@ -172,27 +172,22 @@ def pq_compute_single(
     gt_table = _segment_table(gt_segments, categories, image_name, "ground-truth")
     pred_table = _segment_table(pred_segments, categories, image_name, "predicted")
 
-    # Every (gt, pred) pair that overlaps, with its intersection, as one bincount over
-    # compact indices (row/column 0: ids unknown to the JSON, 1: void, 2..: segments in id
-    # order, so pairs come in the order of a sort by (gt id, pred id)).
-    gt_keys, gt_idx = _compact(gt_ids, gt_table)
-    pred_keys, pred_idx = _compact(pred_ids, pred_table)
-    n_pred = len(pred_keys) + 2
-    gt_idx *= n_pred
-    gt_idx += pred_idx
-    counts = np.bincount(gt_idx.ravel(), minlength=(len(gt_keys) + 2) * n_pred).reshape(-1, n_pred)
-    # (the unknown-id masks are only built for the error message)
-    _check_compact_ids(
-        gt_ids, lambda: gt_idx < n_pred, counts.sum(axis=1), gt_keys, image_name, "ground-truth"
-    )
-    _check_compact_ids(
-        pred_ids, lambda: pred_idx == 0, counts.sum(axis=0), pred_keys, image_name, "predicted"
-    )
+    # Every (gt, pred) pair that overlaps, with its intersection, from one bincount over
+    # hashed (gt, pred) slot pairs; rows/columns are then put in id order (0 = void), so
+    # pairs come in the order of a sort by (gt id, pred id).
+    gt_keys, gt_h, gt_slots, gt_bits, gt_bad = _hash_ids(gt_ids, gt_table)
+    pred_keys, pred_h, pred_slots, pred_bits, pred_bad = _hash_ids(pred_ids, pred_table)
+    gt_h <<= pred_bits
+    gt_h |= pred_h
+    counts = np.bincount(gt_h.ravel(), minlength=1 << (gt_bits + pred_bits))
+    counts = counts.reshape(1 << gt_bits, 1 << pred_bits)[np.ix_(gt_slots, pred_slots)]
+    gt_area = counts[1:].sum(axis=1)
+    pred_area = counts[:, 1:].sum(axis=0)
+    _check_hashed_ids(gt_ids, gt_bad, gt_area, gt_keys, image_name, "ground-truth")
+    _check_hashed_ids(pred_ids, pred_bad, pred_area, pred_keys, image_name, "predicted")
 
-    inter = counts[2:, 2:]
-    gt_area = counts[2:].sum(axis=1)
-    pred_area = counts[:, 2:].sum(axis=0)
-    pred_void = counts[1, 2:]
+    inter = counts[1:, 1:]
+    pred_void = counts[0, 1:]
     gt_cat = np.array([gt_table[g]["category_id"] for g in gt_keys])
     gt_crowd = np.array([bool(gt_table[g].get("iscrowd", 0)) for g in gt_keys], dtype=bool)
     pred_cat = np.array([pred_table[p]["category_id"] for p in pred_keys])
@@ -225,14 +220,18 @@ def pq_compute_single(
 _MULTIPLIERS = (2654435769, 2246822519, 3266489917, 668265263, 374761393, 3323198485)
 
 
-def _compact(ids: np.ndarray, table: Mapping[int, Mapping]) -> Tuple[List[int], np.ndarray]:
-    """Sorted segment ids and the (H, W) map of compact indices: 0 = an id missing from
-    ``table``, 1 = void, 2 + k = the k-th sorted id.
+def _hash_ids(ids: np.ndarray, table: Mapping[int, Mapping]):
+    """Hash an (H, W) id map into a small slot table, in a few vectorised passes instead of
+    a sort of the pixels.
 
-    A few vectorised passes instead of a sort of the pixels: ids (< 2^24) are hashed
-    (multiplicative hashing, top bits of a 32-bit product) into a table a few times larger
-    than the image's id count, with a multiplier under which its known ids do not collide;
-    a pixel counts as known only if the id stored in its slot equals its own.
+    Ids (< 2^24) go to the top ``bits`` bits of a 32-bit product (multiplicative hashing),
+    with a multiplier under which void and the JSON's ids do not collide; a pixel whose id
+    differs from the id owning its slot is unknown to the JSON.
+
+    Returns:
+        (sorted JSON ids, (H, W) intp slot map, slot of void and of each sorted id, bits,
+        a callable returning the (H, W) mask of pixels with ids unknown to the JSON, or
+        None when there are none).
     """
     keys = sorted(table)
     known = np.array([VOID] + keys, dtype=np.uint32)
@@ -246,26 +245,24 @@ def _compact(ids: np.ndarray, table: Mapping[int, Mapping]) -> Tuple[List[int], 
             bits += 1
             continue
         break
-    slot_id = np.zeros(1 << bits, dtype=np.uint32)
-    slot_id[slots] = known
-    slot_idx = np.zeros(1 << bits, dtype=np.intp)
-    slot_idx[slots] = np.arange(1, len(known) + 1)
+    owner = np.zeros(1 << bits, dtype=np.uint32)  # a free slot is owned by void (id 0)
+    owner[slots] = known
     u = ids.astype(np.uint32)
-    h = ((u * np.uint32(mult)) >> np.uint32(32 - bits)).astype(np.intp)
-    idx = slot_idx.take(h)
-    idx *= slot_id.take(h) == u
-    return keys, idx
+    h = u * np.uint32(mult)
+    h >>= np.uint32(32 - bits)
+    h = h.astype(np.intp)
+    unknown = owner.take(h) != u
+    return keys, h, slots.astype(np.intp), bits, unknown if unknown.any() else None
 
 
-def _check_compact_ids(ids, unknown, areas, keys, image_name: str, what: str) -> None:
-    """PNG and JSON must list the same segments (areas[0]: pixels with unknown ids, whose
-    mask ``unknown()`` returns)."""
-    if areas[0]:
-        not_in_json = sorted(int(i) for i in np.unique(ids[unknown()]))
+def _check_hashed_ids(ids, unknown, areas, keys, image_name: str, what: str) -> None:
+    """PNG and JSON must list the same segments."""
+    if unknown is not None:
+        not_in_json = sorted(int(i) for i in np.unique(ids[unknown]))
         raise PanopticInputError(
             f"{image_name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
         )
-    not_in_png = [k for k, a in zip(keys, areas[2:]) if a == 0]
+    not_in_png = [k for k, a in zip(keys, areas) if a == 0]
     if not_in_png:
         raise PanopticInputError(
             f"{image_name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
