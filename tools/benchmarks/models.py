@@ -6,8 +6,9 @@ U-Net, DeconvNet), seg2's Mask R-CNN (Detectron2's ``GeneralizedRCNN`` fed by
 ``Seg2DatasetMapper``), and Detectron2's stock ``PanopticFPN`` and ``GeneralizedRCNN`` fed by
 Detectron2's own ``DatasetMapper``, all from the synthetic configs (ResNet-18-FPN, GroupNorm,
 128 px). The machine is shared more often than not, so every figure is a median over
-*interleaved* repetitions: each round runs one step of every variant in turn (and one
-matmul and one convolution for the peak), so a burst of load hits all of them alike and
+*interleaved* repetitions: each round runs one step of every variant in turn, starting
+from a different variant each round (and one matmul and one convolution for the peak), and
+every variant sees the images in the same order, so a burst of load hits all of them alike and
 the ratios stay meaningful even when the absolute times do not.
 
 Columns (one row per variant):
@@ -257,6 +258,7 @@ class _Runner:
         seed_all_rng(seed)
         self.model = build_model(cfg)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        seed_all_rng(seed)  # the same sampler order for every variant
         train_loader, test_loader = _loaders(cfg, pipeline)
         it = iter(train_loader)
         self.data_times = []
@@ -426,11 +428,12 @@ def run_models_benchmark(
     peaks = _Peaks(device, matmul_n)
     for r in range(repeats + 1):
         peaks.round()
-        for v in variants:
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]  # no fixed slot
+        for v in order:
             runners[v].train_step()
-        for v in variants:
+        for v in order:
             runners[v].infer_b1(r)
-        for v in variants:
+        for v in order:
             runners[v].infer_batched()
     peaks.mm, peaks.cv = peaks.mm[1:], peaks.cv[1:]
     peak = peaks.result()
