@@ -369,7 +369,11 @@ def _peak_memory(variant, cfg, pipeline, batch_test, seed) -> float:
         target=_peak_memory_child, args=(variant, cfg, pipeline, batch_test, seed, queue)
     )
     proc.start()
-    result = queue.get()
+    try:
+        result = queue.get(timeout=900)
+    except Exception:  # queue.Empty: a child that hangs must not hang the benchmark
+        proc.kill()
+        result = "no result from the forked child within 900 s"
     proc.join()
     if isinstance(result, str):
         raise RuntimeError(f"peak memory of {variant!r}: {result}")

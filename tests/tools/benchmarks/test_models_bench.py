@@ -67,7 +67,7 @@ class TestModelsBenchmarkSmoke(unittest.TestCase):
         with tempfile.TemporaryDirectory() as out:
             args = [
                 "models", "--output", out, "--repeats", "1", "--ims-per-batch", "1",
-                "--batch-test", "2", "--data-root", root, "--matmul-n", "128",
+                "--batch-test", "2", "--data-root", root, "--matmul-n", "128", "--no-memory",
                 "--variants", *variants, "--",
                 "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
             ]  # fmt: skip
@@ -81,8 +81,9 @@ class TestModelsBenchmarkSmoke(unittest.TestCase):
         self.assertEqual(set(saved["peaks"]), {"matmul_gflops", "conv_gflops"})
         for r in saved["rows"]:
             for key in ("train_s_per_iter", "ms_per_image_b1", "ms_per_image_batched",
-                        "gflop_per_image", "gflops", "peak_mb", "params_m"):  # fmt: skip
+                        "gflop_per_image", "gflops", "params_m"):  # fmt: skip
                 self.assertGreater(r[key], 0, key)
+            self.assertIsNone(r["peak_mb"])  # --no-memory (forked children are not tested)
             self.assertTrue(0 <= r["fusion_pct"] <= 100)
             self.assertAlmostEqual(
                 r["pct_matmul_peak"], 100 * r["gflops"] / saved["peaks"]["matmul_gflops"]
