@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt requirements-bench.txt setup.py | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(STAMP_KEY)
 DATA := datasets/synthetic
-DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml
+DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_demo_synthetic.yaml
 DEMO_OUT := output/demo
 
 .PHONY: setup demo test data bench nuclei clean

@@ -6,6 +6,8 @@
         [--ims-per-batch B] [--eval-images M] [--data-root PATH] [KEY VALUE ...]
     # evaluator speed against Detectron2 / pycocotools / panopticapi on the same data
     python tools/benchmark.py evaluators --output DIR [--repeats R] [--num-images M] ...
+    # seg2's models against Detectron2's at equal backbone: speed, memory, FLOPs, peak share
+    python tools/benchmark.py models --output DIR [--repeats R] [--variants V ...] [KEY VALUE ...]
     # both, into DIR/heads and DIR/evaluators
     python tools/benchmark.py all --output DIR --iters N
 
@@ -57,12 +59,31 @@ def _add_evaluator_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--include", nargs="+", default=["semantic", "coco", "panoptic"])
 
 
+def _add_models_args(p: argparse.ArgumentParser) -> None:
+    from benchmarks.models import VARIANTS as MODEL_VARIANTS
+
+    g = p.add_argument_group("models")
+    g.add_argument(
+        "--variants", nargs="+", default=list(MODEL_VARIANTS), choices=list(MODEL_VARIANTS),
+        metavar="V", help="variants (default all: %(default)s)",
+    )
+    g.add_argument("--repeats", type=int, default=10, help="interleaved rounds (median)")
+    g.add_argument("--ims-per-batch", type=int, default=8, help="training batch size")
+    g.add_argument("--batch-test", type=int, default=4, help="images per batched inference")
+    g.add_argument("--data-root", default=None, help="synthetic data (default datasets/synthetic)")
+    g.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    g.add_argument("--matmul-n", type=int, default=2048, help="side of the peak matmul")
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    g.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, adders in (
         ("heads", [_add_heads_args]),
         ("evaluators", [_add_evaluator_args]),
+        ("models", [_add_models_args]),
         ("all", [_add_evaluator_args, _add_heads_args]),
     ):
         p = sub.add_parser(name)
@@ -109,6 +130,33 @@ def run_evaluators(args, output: str):
     return rows
 
 
+def run_models(args, output: str):
+    from benchmarks.models import format_models_table, run_models_benchmark
+    from benchmarks.semantic_heads import _register_data
+
+    prefix = "synthetic" if args.data_root is None else _register_data(args.data_root)
+    result = run_models_benchmark(
+        args.variants,
+        repeats=args.repeats,
+        ims_per_batch=args.ims_per_batch,
+        batch_test=args.batch_test,
+        data_prefix=prefix,
+        seed=args.seed,
+        memory=not args.no_memory,
+        matmul_n=args.matmul_n,
+        threads=args.threads,
+        opts=args.opts,
+    )
+    table = format_models_table(result)
+    print(table)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "models_benchmark.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    with open(os.path.join(output, "models_benchmark.md"), "w") as f:
+        f.write(table + "\n")
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List:
     args = build_parser().parse_args(argv)
     if getattr(args, "opts", None) and args.opts[0] == "--":
@@ -122,6 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List:
         return run_heads(args, args.output)
     if args.command == "evaluators":
         return run_evaluators(args, args.output)
+    if args.command == "models":
+        return run_models(args, args.output)
     return run_evaluators(args, os.path.join(args.output, "evaluators")) + run_heads(
         args, os.path.join(args.output, "heads")
     )

@@ -12,7 +12,7 @@
 * classes with no TP, FP or FN are left out of the means.
 
 The core (:func:`pq_compute_single`) is a pure function of two id maps and their segment lists,
-vectorised with one joint-id ``np.unique`` per image. :func:`pq_compute_files` reads the COCO
+vectorised with one bincount over compact (gt, pred) index pairs per image. :func:`pq_compute_files` reads the COCO
 panoptic format (PNG + JSON) with a worker pool over images. This is seg2's only PQ engine:
 ``Seg2PanopticEvaluator`` (COCO panoptic) and the Cityscapes panoptic scoring both call it.
 """
@@ -131,22 +131,6 @@ def _segment_table(
     return table
 
 
-def _check_ids(
-    present: np.ndarray, table: Mapping[int, Mapping], image_name: str, what: str
-) -> None:
-    in_png = set(int(i) for i in present) - {VOID}
-    not_in_json = sorted(in_png - set(table))
-    if not_in_json:
-        raise PanopticInputError(
-            f"{image_name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
-        )
-    not_in_png = sorted(set(table) - in_png)
-    if not_in_png:
-        raise PanopticInputError(
-            f"{image_name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
-        )
-
-
 def pq_compute_single(
     gt_ids: np.ndarray,
     gt_segments: Sequence[Mapping],
@@ -188,54 +172,101 @@ def pq_compute_single(
     gt_table = _segment_table(gt_segments, categories, image_name, "ground-truth")
     pred_table = _segment_table(pred_segments, categories, image_name, "predicted")
 
-    # Every (gt, pred) pair that overlaps, with its intersection, in one sort.
-    joint = gt_ids.astype(np.int64).ravel() * OFFSET + pred_ids.astype(np.int64).ravel()
-    pairs, inter = np.unique(joint, return_counts=True)
-    pair_gt, pair_pred = pairs // OFFSET, pairs % OFFSET
+    # Every (gt, pred) pair that overlaps, with its intersection, from one bincount over
+    # hashed (gt, pred) slot pairs; rows/columns are then put in id order (0 = void), so
+    # pairs come in the order of a sort by (gt id, pred id).
+    gt_keys, gt_h, gt_slots, gt_bits, gt_bad = _hash_ids(gt_ids, gt_table)
+    pred_keys, pred_h, pred_slots, pred_bits, pred_bad = _hash_ids(pred_ids, pred_table)
+    gt_h <<= pred_bits
+    gt_h |= pred_h
+    counts = np.bincount(gt_h.ravel(), minlength=1 << (gt_bits + pred_bits))
+    counts = counts.reshape(1 << gt_bits, 1 << pred_bits)[np.ix_(gt_slots, pred_slots)]
+    gt_area = counts[1:].sum(axis=1)
+    pred_area = counts[:, 1:].sum(axis=0)
+    _check_hashed_ids(gt_ids, gt_bad, gt_area, gt_keys, image_name, "ground-truth")
+    _check_hashed_ids(pred_ids, pred_bad, pred_area, pred_keys, image_name, "predicted")
 
-    gt_u, gt_inv = np.unique(pair_gt, return_inverse=True)
-    pred_u, pred_inv = np.unique(pair_pred, return_inverse=True)
-    _check_ids(gt_u, gt_table, image_name, "ground-truth")
-    _check_ids(pred_u, pred_table, image_name, "predicted")
-    gt_area = np.bincount(gt_inv, weights=inter, minlength=len(gt_u))
-    pred_area = np.bincount(pred_inv, weights=inter, minlength=len(pred_u))
-    pred_void = np.bincount(pred_inv, weights=inter * (pair_gt == VOID), minlength=len(pred_u))
+    inter = counts[1:, 1:]
+    pred_void = counts[0, 1:]
+    gt_cat = np.array([gt_table[g]["category_id"] for g in gt_keys])
+    gt_crowd = np.array([bool(gt_table[g].get("iscrowd", 0)) for g in gt_keys], dtype=bool)
+    pred_cat = np.array([pred_table[p]["category_id"] for p in pred_keys])
 
-    # Category per unique id (-1 for void), crowd flag per GT id.
-    gt_cat = np.array([gt_table[int(g)]["category_id"] if g != VOID else -1 for g in gt_u])
-    gt_crowd = np.array(
-        [bool(gt_table[int(g)].get("iscrowd", 0)) if g != VOID else False for g in gt_u]
-    )
-    pred_cat = np.array([pred_table[int(p)]["category_id"] if p != VOID else -1 for p in pred_u])
-
-    pg_cat, pp_cat = gt_cat[gt_inv], pred_cat[pred_inv]
-    real = (pair_gt != VOID) & (pair_pred != VOID) & (pg_cat == pp_cat)
-    union = gt_area[gt_inv] + pred_area[pred_inv] - inter - pred_void[pred_inv]
+    same = (gt_cat[:, None] == pred_cat[None, :]) & (inter > 0)
+    union = gt_area[:, None] + pred_area[None, :] - inter - pred_void[None, :]
     iou = inter / np.maximum(union, 1)
-    matched = real & ~gt_crowd[gt_inv] & (iou > 0.5)
+    matched = same & ~gt_crowd[:, None] & (iou > 0.5)
 
     stat = PQStat()
-    gt_matched = np.zeros(len(gt_u), dtype=bool)
-    pred_matched = np.zeros(len(pred_u), dtype=bool)
-    for k in np.flatnonzero(matched):
-        s = stat[int(pg_cat[k])]
+    for g, p in zip(*np.nonzero(matched)):
+        s = stat[int(gt_cat[g])]
         s.tp += 1
-        s.iou += float(iou[k])
-        gt_matched[gt_inv[k]] = True
-        pred_matched[pred_inv[k]] = True
+        s.iou += float(iou[g, p])
+    gt_matched = matched.any(axis=1)
+    pred_matched = matched.any(axis=0)
 
-    for j, g in enumerate(gt_u):
-        if g != VOID and not gt_matched[j] and not gt_crowd[j]:
-            stat[int(gt_cat[j])].fn += 1
+    for g in np.flatnonzero(~gt_matched & ~gt_crowd):
+        stat[int(gt_cat[g])].fn += 1
 
     # Ignored part of a prediction: void plus crowd regions of its own category (panopticapi
     # keeps one crowd segment per category, as COCO has; we sum them all, which agrees there).
-    on_crowd = real & gt_crowd[gt_inv]
-    ignored = pred_void + np.bincount(pred_inv, weights=inter * on_crowd, minlength=len(pred_u))
-    for j, p in enumerate(pred_u):
-        if p != VOID and not pred_matched[j] and not (ignored[j] / pred_area[j] > 0.5):
-            stat[int(pred_cat[j])].fp += 1
+    ignored = pred_void + (inter * (same & gt_crowd[:, None])).sum(axis=0)
+    for p in np.flatnonzero(~pred_matched & ~(ignored / pred_area > 0.5)):
+        stat[int(pred_cat[p])].fp += 1
     return stat
+
+
+# Odd 32-bit multipliers for Fibonacci hashing (the first is 2^32 / golden ratio).
+_MULTIPLIERS = (2654435769, 2246822519, 3266489917, 668265263, 374761393, 3323198485)
+
+
+def _hash_ids(ids: np.ndarray, table: Mapping[int, Mapping]):
+    """Hash an (H, W) id map into a small slot table, in a few vectorised passes instead of
+    a sort of the pixels.
+
+    Ids (< 2^24) go to the top ``bits`` bits of a 32-bit product (multiplicative hashing),
+    with a multiplier under which void and the JSON's ids do not collide; a pixel whose id
+    differs from the id owning its slot is unknown to the JSON.
+
+    Returns:
+        (sorted JSON ids, (H, W) intp slot map, slot of void and of each sorted id, bits,
+        a callable returning the (H, W) mask of pixels with ids unknown to the JSON, or
+        None when there are none).
+    """
+    keys = sorted(table)
+    known = np.array([VOID] + keys, dtype=np.uint32)
+    bits = max(len(known).bit_length() + 1, 3)
+    while True:
+        for mult in _MULTIPLIERS:
+            slots = (known * np.uint32(mult)) >> np.uint32(32 - bits)
+            if len(set(slots.tolist())) == len(known):
+                break
+        else:
+            bits += 1
+            continue
+        break
+    owner = np.zeros(1 << bits, dtype=np.uint32)  # a free slot is owned by void (id 0)
+    owner[slots] = known
+    u = ids.astype(np.uint32)
+    h = u * np.uint32(mult)
+    h >>= np.uint32(32 - bits)
+    h = h.astype(np.intp)
+    unknown = owner.take(h) != u
+    return keys, h, slots.astype(np.intp), bits, unknown if unknown.any() else None
+
+
+def _check_hashed_ids(ids, unknown, areas, keys, image_name: str, what: str) -> None:
+    """PNG and JSON must list the same segments."""
+    if unknown is not None:
+        not_in_json = sorted(int(i) for i in np.unique(ids[unknown]))
+        raise PanopticInputError(
+            f"{image_name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
+        )
+    not_in_png = [k for k, a in zip(keys, areas) if a == 0]
+    if not_in_png:
+        raise PanopticInputError(
+            f"{image_name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
+        )
 
 
 def pq_average(
