@@ -28,6 +28,7 @@ __all__ = [
     "load_image",
     "BitDepthRule",
     "read_label_png",
+    "read_label",
     "read_panoptic_png",
     "atomic_open",
     "write_json",
@@ -258,6 +259,17 @@ def read_label_png(path: str, what: str = "label") -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
+
+
+def read_label(path: str, what: str = "label") -> np.ndarray:
+    """Semantic labels from a label PNG (:func:`read_label_png`) or a ``.npy`` array, the two
+    forms a dataset dict's ``sem_seg_file_name`` may name."""
+    if path.endswith(".npy"):
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: unreadable {what} array ({type(e).__name__}: {e})") from None
+    return read_label_png(path, what)
 
 
 def read_panoptic_png(path: str, what: str = "panoptic") -> np.ndarray:

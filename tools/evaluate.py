@@ -93,7 +93,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
     if args.command == "panoptic":
         from seg2.data.check_annotations import check_coco_panoptic_json
         from seg2.data.validate import ValidationReport
-        from seg2.evaluation.pq import pq_compute_files
+        from seg2.evaluation.pq_files import pq_compute_files
         from seg2.io import InputError, read_json
 
         report = ValidationReport(args.gt_json)  # the ground truth's JSON, checked up front

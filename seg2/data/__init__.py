@@ -1,7 +1,7 @@
 """Data, the ground floor: registration of every format (COCO instances, COCO panoptic,
 semantic folders, Cityscapes; built-in synthetic and real samples), the one dataset mapper
 and its augmentations, training targets (U-Net's weight map) and the synthetic generator.
-Imports neither ``seg2.evaluation`` nor ``seg2.modeling``; reads files through ``seg2.io``."""
+Nothing here depends on the model or scoring layers above it; files are read through ``seg2.io``."""
 from .dataset_mapper import Seg2DatasetMapper
 from .datasets import register_from_config, register_synthetic
 from .real import register_nuclei

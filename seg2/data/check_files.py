@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..io import InputError, load_image, read_label_png, read_panoptic_png
+from ..io import InputError, load_image, read_label, read_panoptic_png
 
 __all__ = ["check_image_file", "check_label_file", "check_panoptic_file", "check_dataset_dicts"]
 
@@ -46,7 +46,7 @@ def check_image_file(
 def check_label_file(path: str, hw, report, sample, num_classes: int, ignore_label: int) -> None:
     """A semantic label PNG: one channel (palette = indices), size, values < num_classes."""
     try:
-        sem = np.load(path) if path.endswith(".npy") else read_label_png(path)
+        sem = read_label(path)
     except (InputError, OSError, ValueError) as e:
         report.add(
             path,

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..io import InputError, read_json, write_json
-from .check_annotations import FLAT_POLYGON_NOTE, check_coco_instances_json
+from .check_instances import FLAT_POLYGON_NOTE, check_coco_instances_json
 from .check_files import check_image_file
 from .validate import ValidationReport, finish_validation, validation_options
 

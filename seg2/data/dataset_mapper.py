@@ -17,7 +17,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from ..capabilities import model_capabilities
-from ..io import BitDepthRule, InputError, read_image, read_label_png
+from ..io import BitDepthRule, InputError, read_image, read_label
 from ..structures.panoptic import rgb2id
 from .augmentations import build_augmentations
 from .targets import unet_weight_map
@@ -97,7 +97,7 @@ class Seg2DatasetMapper:
 
     def _read_sem_seg(self, path: str) -> np.ndarray:
         # Class ids, palette PNGs as their indices: the same reader as the evaluators'.
-        sem = np.load(path) if path.endswith(".npy") else read_label_png(path)
+        sem = read_label(path)
         if self.num_classes:
             bad = (sem >= self.num_classes) & (sem != self.ignore_label)
             if bad.any():

@@ -7,7 +7,8 @@ is the user's choice (``DATASETS.SEG2.ON_BAD_SAMPLE``): ``"error"`` stops with t
 sample usable (a flat polygon list, a grayscale or 16-bit image) are not problems but are
 reported once per kind with a count, so nothing is altered silently.
 
-The checks live in :mod:`.check_annotations` (JSON) and :mod:`.check_files` (files); the loaders of :mod:`.coco`,
+The checks live in :mod:`.check_annotations` and :mod:`.check_instances` (JSON) and
+:mod:`.check_files` (files); the loaders of :mod:`.coco`,
 :mod:`.coco_panoptic` and :mod:`.semantic` call them, and :func:`validate_datasets` covers any
 other registered dataset (Cityscapes, the real samples) through its dataset dicts.
 """

@@ -4,7 +4,7 @@ classes over them; ``build_evaluators`` picks them from the dataset's ground tru
 the model declares it predicts. Offline scoring of saved files shares the same functions."""
 from ..io import InputError
 from .build import build_evaluators
-from .cityscapes import (
+from .cityscapes_evaluators import (
     Seg2CityscapesInstanceEvaluator,
     Seg2CityscapesPanopticEvaluator,
     Seg2CityscapesSemSegEvaluator,
@@ -13,7 +13,7 @@ from .cityscapes import (
 from .coco import Seg2COCOEvaluator, evaluate_coco_files
 from .offline import EvaluationInputError
 from .panoptic import Seg2PanopticEvaluator
-from .pq import pq_compute_files
+from .pq_files import pq_compute_files
 from .semantic import ConfusionMatrix, Seg2SemSegEvaluator, evaluate_semantic_folders, semantic_metrics
 
 __all__ = [

@@ -43,9 +43,9 @@ def _panoptic(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
 
 def _cityscapes(kind: str) -> Callable:
     def make(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
-        from . import cityscapes
+        from .cityscapes_evaluators import build_cityscapes_evaluator
 
-        return cityscapes.build_cityscapes_evaluator(kind, name, out)
+        return build_cityscapes_evaluator(kind, name, out)
 
     return make
 

@@ -325,7 +325,7 @@ def evaluate_coco_files(
             raise EvaluationInputError(f"{gt_json}: top-level field '{key}' missing or not a list")
     if not gt["images"]:
         raise EvaluationInputError(f"{gt_json}: field 'images' is empty: nothing to evaluate")
-    from ..data.check_annotations import check_coco_instances_json
+    from ..data.check_instances import check_coco_instances_json
     from ..data.validate import ValidationReport
 
     report = ValidationReport(gt_json)

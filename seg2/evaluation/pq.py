@@ -12,25 +12,21 @@
 * classes with no TP, FP or FN are left out of the means.
 
 The core (:func:`pq_compute_single`) is a pure function of two id maps and their segment lists,
-vectorised with one bincount over compact (gt, pred) index pairs per image. :func:`pq_compute_files` reads the COCO
-panoptic format (PNG + JSON) with a worker pool over images. This is seg2's only PQ engine:
+vectorised with one bincount over compact (gt, pred) index pairs per image. :func:`seg2.evaluation.pq_files.pq_compute_files`
+reads the COCO panoptic format (PNG + JSON) with a worker pool over images. This is seg2's only PQ engine:
 ``Seg2PanopticEvaluator`` (COCO panoptic) and the Cityscapes panoptic scoring both call it.
 """
 
-import itertools
 import logging
 import math
-import multiprocessing
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import partial
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tabulate import tabulate
 
-from ..io import InputError, read_json, read_panoptic_png
+from ..io import InputError
 from ..structures.panoptic import OFFSET, VOID
 
 # Kept as a name for callers that catch panoptic input errors specifically.
@@ -45,10 +41,7 @@ __all__ = [
     "pq_compute_single",
     "pq_average",
     "pq_results",
-    "pq_compute_files",
     "format_pq_table",
-    "load_panoptic_json",
-    "panoptic_categories",
 ]
 
 _GROUPS = (("All", None, ""), ("Things", True, "_th"), ("Stuff", False, "_st"))
@@ -386,157 +379,3 @@ def format_pq_table(
         per_class = [[n] + [results[f"{k}-{n}"] for k in ("PQ", "SQ", "RQ")] for n in names]
         table += "\n\n" + tabulate(per_class, headers=["category", "PQ", "SQ", "RQ"], **fmt)
     return table
-
-
-# ---------------------------------------------------------------------------------------------
-# COCO panoptic files
-
-
-def load_panoptic_json(path: str, what: str) -> Dict:
-    """A COCO panoptic JSON (ground truth or predictions) with an ``annotations`` list."""
-    data = read_json(path, f"{what} JSON")
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise InputError(f"{path}: top-level field 'annotations' missing or not a list")
-    return data
-
-
-def _read_ids(path: str, image_name: str) -> np.ndarray:
-    try:
-        return read_panoptic_png(path)
-    except InputError as e:
-        raise InputError(f"{image_name}: {e}") from None
-
-
-# (image name for errors, gt PNG, gt segments, pred PNG, pred segments)
-_Task = Tuple[str, str, List[Dict], str, List[Dict]]
-
-
-def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> List[PQStat]:
-    stats = []
-    for image_name, gt_png, gt_segs, pred_png, pred_segs in tasks:
-        gt_ids = _read_ids(gt_png, image_name)
-        pred_ids = _read_ids(pred_png, image_name)
-        stats.append(
-            pq_compute_single(gt_ids, gt_segs, pred_ids, pred_segs, categories, image_name)
-        )
-    return stats
-
-
-def panoptic_categories(gt: Dict, gt_json: str) -> Dict[int, Dict]:
-    cats = gt.get("categories")
-    if not isinstance(cats, list) or not cats:
-        raise PanopticInputError(f"{gt_json}: top-level field 'categories' missing or empty")
-    out: Dict[int, Dict] = {}
-    for c in cats:
-        for key in ("id", "isthing"):
-            if key not in c:
-                raise PanopticInputError(f"{gt_json}: category {c} lacks field '{key}'")
-        if c["id"] in out:
-            raise PanopticInputError(f"{gt_json}: category id {c['id']} appears twice")
-        out[c["id"]] = c
-    return out
-
-
-def pq_compute_files(
-    gt_json: str,
-    gt_dir: str,
-    pred_json: str,
-    pred_dir: str,
-    num_workers: Optional[int] = None,
-    image_ids: Optional[Iterable] = None,
-) -> Dict[str, float]:
-    """PQ of COCO panoptic predictions against COCO panoptic ground truth.
-
-    Args:
-        gt_json: GT JSON with ``categories`` (``id``, ``name``, ``isthing``) and
-            ``annotations`` (``image_id``, ``file_name``, ``segments_info``).
-        gt_dir: folder of the GT PNGs named by ``file_name``.
-        pred_json: predictions JSON with ``annotations`` in the same format.
-        pred_dir: folder of the predicted PNGs.
-        num_workers: processes reading and scoring images; None = one per CPU, 0 or 1 = in
-            this process. Results do not depend on it.
-        image_ids: score only these GT images (default: every GT annotation).
-
-    Returns:
-        :func:`pq_results`' dict: ``PQ, SQ, RQ, PQ_th, ..., RQ_st`` and per-class entries, in %.
-
-    Raises:
-        PanopticInputError: naming the file, the image and the segment, for a GT image
-            without prediction, a malformed JSON, a missing or non-RGB PNG, or any error of
-            :func:`pq_compute_single`.
-    """
-    gt = load_panoptic_json(gt_json, "ground-truth")
-    pred = load_panoptic_json(pred_json, "prediction")
-    categories = panoptic_categories(gt, gt_json)
-
-    gt_anns: Dict = OrderedDict()
-    for ann in gt["annotations"]:
-        for key in ("image_id", "file_name", "segments_info"):
-            if key not in ann:
-                raise PanopticInputError(
-                    f"{gt_json}: annotation lacks field '{key}': "
-                    f"{ann.get('file_name', ann.get('image_id'))}"
-                )
-        gt_anns[ann["image_id"]] = ann
-    pred_anns: Dict = {}
-    for ann in pred["annotations"]:
-        for key in ("image_id", "file_name", "segments_info"):
-            if key not in ann:
-                raise PanopticInputError(
-                    f"{pred_json}: prediction lacks field '{key}': "
-                    f"{ann.get('file_name', ann.get('image_id'))}"
-                )
-        if ann["image_id"] in pred_anns:
-            raise PanopticInputError(
-                f"{pred_json}: image_id {ann['image_id']} ({ann['file_name']}) has two predictions"
-            )
-        pred_anns[ann["image_id"]] = ann
-
-    if not gt_anns:
-        raise PanopticInputError(f"{gt_json}: field 'annotations' is empty: nothing to evaluate")
-    if image_ids is not None:
-        wanted = list(image_ids)
-        unknown = [i for i in wanted if i not in gt_anns]
-        if unknown:
-            raise PanopticInputError(
-                f"{gt_json}: image_id(s) {unknown[:10]} not in the ground truth"
-            )
-        gt_anns = OrderedDict((i, gt_anns[i]) for i in wanted)
-
-    tasks: List[_Task] = []
-    for image_id, g in gt_anns.items():
-        if image_id not in pred_anns:
-            raise PanopticInputError(
-                f"{pred_json}: no prediction for image {g['file_name']} (image_id {image_id})"
-            )
-        p = pred_anns[image_id]
-        name = f"image {g['file_name']} (image_id {image_id})"
-        tasks.append(
-            (
-                name,
-                os.path.join(gt_dir, g["file_name"]),
-                g["segments_info"],
-                os.path.join(pred_dir, p["file_name"]),
-                p["segments_info"],
-            )
-        )
-
-    if num_workers is None:
-        num_workers = os.cpu_count() or 1
-    num_workers = max(1, min(num_workers, len(tasks)))
-    if num_workers == 1:
-        per_image = _compute_chunk(tasks, categories)
-    else:
-        # A few chunks per worker balance uneven image sizes with little IPC.
-        size = math.ceil(len(tasks) / (4 * num_workers))
-        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-        with multiprocessing.Pool(processes=num_workers) as pool:
-            per_image = list(
-                itertools.chain(*pool.map(partial(_compute_chunk, categories=categories), chunks))
-            )
-    # Summed in image order, so the float sums are bit-identical for any num_workers.
-    stat = PQStat()
-    for s in per_image:
-        stat += s
-    logger.info(f"PQ computed over {len(tasks)} images with {num_workers} worker(s)")
-    return pq_results(stat, categories)

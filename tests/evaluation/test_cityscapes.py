@@ -18,12 +18,12 @@ from PIL import Image
 
 from seg2.data.cityscapes import ensure_panoptic_gt, ensure_train_id_labels, register_cityscapes
 from seg2.evaluation.cityscapes import (
-    build_cityscapes_evaluator,
     evaluate_cityscapes_folder,
     evaluate_cityscapes_instances,
     evaluate_cityscapes_panoptic,
     evaluate_cityscapes_semantic,
 )
+from seg2.evaluation.cityscapes_evaluators import build_cityscapes_evaluator
 from seg2.evaluation.offline import EvaluationInputError
 from seg2_testing import tiny_synthetic_root
 

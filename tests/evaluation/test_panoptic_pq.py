@@ -23,10 +23,10 @@ from seg2.evaluation.pq import (
     PQStatCat,
     format_pq_table,
     pq_average,
-    pq_compute_files,
     pq_compute_single,
     pq_results,
 )
+from seg2.evaluation.pq_files import pq_compute_files
 
 CATS = OrderedDict(
     [

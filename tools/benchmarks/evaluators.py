@@ -338,7 +338,7 @@ def _torchmetrics_pq(gt_json, gt_dir, pred_json, pred_dir, image_ids) -> Dict[st
 
 def bench_panoptic(root: str, split: str, repeats: int, seed: int) -> List[Dict]:
     try:
-        from seg2.evaluation.pq import pq_compute_files
+        from seg2.evaluation.pq_files import pq_compute_files
     except ImportError as e:
         return [
             _skip(

@@ -189,7 +189,8 @@ def run_load_benchmark(
     from seg2.data.synthetic.meta import CATEGORIES, IGNORE_LABEL
     from seg2.evaluation.coco import Seg2COCOEvaluator, evaluate_coco_files
     from seg2.evaluation.panoptic import Seg2PanopticEvaluator
-    from seg2.evaluation.pq import PQStat, panoptic_categories, pq_compute_single, pq_results
+    from seg2.evaluation.pq import PQStat, pq_compute_single, pq_results
+    from seg2.evaluation.pq_files import panoptic_categories
     from seg2.evaluation.semantic import (
         ConfusionMatrix,
         Seg2SemSegEvaluator,

@@ -1,0 +1,287 @@
+"""Checks of COCO instances JSON behind :mod:`.validate`: every annotation's segmentation
+(polygons, flat polygon lists, RLE) and box against its image. Each adds every problem it finds
+to a :class:`~.validate.ValidationReport` and returns; none raises on bad data."""
+
+from typing import Dict, List, Optional
+
+import pycocotools.mask as mask_util
+
+from .check_annotations import (
+    _check_categories,
+    _check_ids,
+    _check_images_json,
+    _is_int,
+    _is_num,
+    _top_level,
+)
+
+__all__ = ["FLAT_POLYGON_NOTE", "check_coco_instances_json"]
+
+FLAT_POLYGON_NOTE = (
+    "flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"
+)
+BOX_NOTE = (
+    "'bbox' differs from the box of the mask by more than a pixel: training uses the mask's "
+    "box, bbox AP evaluation uses the JSON 'bbox'"
+)
+SLIVER_NOTE = (
+    "sub-pixel segmentation (area < 1) covers no pixel: training drops it, "
+    "COCO evaluation keeps it as ground truth"
+)
+BOX_CLIP_NOTE = (
+    "'bbox' extends past the image border: training clips it to the image, "
+    "bbox AP evaluation uses the JSON 'bbox' as written"
+)
+
+
+def _check_polygons(seg: List, path: str, where: str, report, sample) -> Optional[List]:
+    """Polygons as a list of lists (a flat list is converted, with a note); None if bad."""
+    if not seg:
+        report.add(path, where, "segmentation", seg, "empty segmentation", sample)
+        return None
+    if all(_is_num(v) for v in seg):
+        report.note(FLAT_POLYGON_NOTE, where)
+        seg = [list(seg)]
+    ok = True
+    for k, poly in enumerate(seg):
+        if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+            report.add(
+                path,
+                where,
+                f"segmentation[{k}]",
+                poly,
+                "a polygon must be a list of finite numbers",
+                sample,
+            )
+            ok = False
+        elif len(poly) % 2:
+            report.add(
+                path, where, f"segmentation[{k}]", len(poly), "odd number of coordinates", sample
+            )
+            ok = False
+        elif len(poly) < 6:
+            report.add(
+                path, where, f"segmentation[{k}]", poly, "a polygon needs at least 3 points", sample
+            )
+            ok = False
+    return seg if ok else None
+
+
+def _check_rle(seg: Dict, im: Dict, path: str, where: str, report, sample) -> Optional[Dict]:
+    size, counts = seg.get("size"), seg.get("counts")
+    hw = [im["height"], im["width"]]
+    if not (isinstance(size, list) and len(size) == 2) or list(size) != hw:
+        report.add(
+            path,
+            where,
+            "segmentation.size",
+            size,
+            f"RLE size must be the image's [height, width] {hw}",
+            sample,
+        )
+        return None
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != hw[0] * hw[1]:
+            report.add(
+                path,
+                where,
+                "segmentation.counts",
+                f"{len(counts)} runs",
+                f"uncompressed RLE runs must be non-negative and sum to height*width = {hw[0] * hw[1]}",
+                sample,
+            )
+            return None
+    elif not isinstance(counts, str):
+        report.add(
+            path,
+            where,
+            "segmentation.counts",
+            type(counts).__name__,
+            "RLE counts must be a string or a list",
+            sample,
+        )
+        return None
+    try:
+        rle = (
+            mask_util.frPyObjects(seg, *hw)
+            if isinstance(counts, list)
+            else dict(seg, counts=counts.encode())
+        )
+        mask_util.area(rle)
+    except Exception as e:
+        report.add(
+            path, where, "segmentation.counts", counts[:20], f"undecodable RLE ({e})", sample
+        )
+        return None
+    return seg
+
+
+def _mask_box(seg, im: Dict) -> Optional[List[float]]:
+    h, w = im["height"], im["width"]
+    if isinstance(seg, list):
+        rle = mask_util.merge(mask_util.frPyObjects(seg, h, w))
+    elif isinstance(seg["counts"], list):
+        rle = mask_util.frPyObjects(seg, h, w)
+    else:
+        rle = dict(seg, counts=seg["counts"].encode())
+    if mask_util.area(rle) == 0:
+        return None
+    return [float(v) for v in mask_util.toBbox(rle)]
+
+
+def _compare_box(box, mbox, ann: Dict, path: str, where: str, report, sample) -> None:
+    """The JSON box against the rasterised mask's. Rasterising moves a polygon's edges by up
+    to a pixel, so only a side off by more than max(1.5 px, 10%) is a note and by more than
+    max(3 px, 50%) of the box's larger side a problem."""
+    if mbox is None:
+        area = ann.get("area")
+        if _is_num(area) and area < 1:
+            report.note(SLIVER_NOTE, where)
+        else:
+            report.add(
+                path,
+                where,
+                "segmentation",
+                "<empty mask>",
+                "the mask covers no pixel of the image",
+                sample,
+            )
+        return
+    sides = lambda b: (b[0], b[1], b[0] + b[2], b[1] + b[3])  # noqa: E731
+    off = max(abs(u - v) for u, v in zip(sides(box), sides(mbox)))
+    size = max(box[2], box[3])
+    if off > max(3.0, 0.5 * size):
+        report.add(
+            path,
+            where,
+            "bbox",
+            [round(v, 1) for v in box],
+            f"disagrees with the mask's box {[round(v, 1) for v in mbox]} (a side is {off:.1f} px off); training would use the mask's box, bbox AP the JSON 'bbox'",
+            sample,
+        )
+    elif off > max(1.5, 0.1 * size):
+        report.note(BOX_NOTE, where)
+
+
+def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
+    """COCO instances: ids, references, segmentations, boxes, areas.
+
+    Returns the data to load: the input, or a copy with flat polygon lists wrapped into a
+    list of polygons; None when the file's structure is unusable.
+    """
+    if not _top_level(data, path, report):
+        return None
+    known, images = _check_images_json(data["images"], path, report)
+    cats = _check_categories(data["categories"], path, report)
+    _check_ids(
+        data["annotations"], path, "annotation", report, sample_of=lambda a: a.get("image_id")
+    )
+    fixed_anns, changed = [], False
+    with_seg = sum(1 for a in data["annotations"] if isinstance(a, dict) and "segmentation" in a)
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            continue
+        where = f"annotation {a.get('id', '#' + str(i))}"
+        img_id = a.get("image_id")
+        im = images.get(img_id)
+        if im is None:
+            if img_id not in known:
+                report.add(
+                    path,
+                    where,
+                    "image_id",
+                    img_id,
+                    "not the id of an image in 'images'",
+                    img_id if isinstance(img_id, (int, str)) else None,
+                )
+            continue
+        if a.get("category_id") not in cats:
+            report.add(
+                path,
+                where,
+                "category_id",
+                a.get("category_id", "<missing>"),
+                f"not among the category ids {sorted(cats)}",
+                img_id,
+            )
+        if a.get("iscrowd", 0) not in (0, 1, True, False):
+            report.add(path, where, "iscrowd", a.get("iscrowd"), "must be 0 or 1", img_id)
+        seg = a.get("segmentation")
+        if seg is None:
+            if with_seg:
+                report.add(
+                    path,
+                    where,
+                    "segmentation",
+                    "<missing>",
+                    f"missing while {with_seg} other annotation(s) have one",
+                    img_id,
+                )
+        elif isinstance(seg, list):
+            new = _check_polygons(seg, path, where, report, img_id)
+            if new is not None and new is not seg:
+                a, changed = dict(a, segmentation=new), True
+            seg = new
+        elif isinstance(seg, dict):
+            seg = _check_rle(seg, im, path, where, report, img_id)
+        else:
+            report.add(
+                path,
+                where,
+                "segmentation",
+                type(seg).__name__,
+                "must be polygons (list) or RLE (object)",
+                img_id,
+            )
+            seg = None
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)):
+            report.add(
+                path,
+                where,
+                "bbox",
+                box if box is not None else "<missing>",
+                "must be [x, y, width, height] of 4 finite numbers",
+                img_id,
+            )
+        elif box[2] <= 0 or box[3] <= 0:
+            report.add(path, where, "bbox", box, "width and height must be > 0", img_id)
+        elif (
+            box[0] >= im["width"]
+            or box[1] >= im["height"]
+            or box[0] + box[2] <= 0
+            or box[1] + box[3] <= 0
+        ):
+            report.add(
+                path,
+                where,
+                "bbox",
+                box,
+                f"lies entirely outside the {im['width']}x{im['height']} image",
+                img_id,
+            )
+        else:
+            if (
+                box[0] < -0.5
+                or box[1] < -0.5
+                or box[0] + box[2] > im["width"] + 0.5
+                or box[1] + box[3] > im["height"] + 0.5
+            ):
+                report.note(BOX_CLIP_NOTE, where)
+            if seg is not None:
+                _compare_box(box, _mask_box(seg, im), a, path, where, report, img_id)
+        if not _is_num(a.get("area", None)) or a.get("area", 0) < 0:
+            report.add(
+                path,
+                where,
+                "area",
+                a.get("area", "<missing>"),
+                "must be a non-negative number (COCO evaluation reads it)",
+                img_id,
+            )
+        fixed_anns.append(a)
+    if not changed:
+        return data
+    return dict(
+        data, annotations=fixed_anns + [a for a in data["annotations"] if not isinstance(a, dict)]
+    )
