@@ -3,8 +3,10 @@ memory, FLOPs and how close each gets to the machine's arithmetic peak, in one r
 
 Variants (:data:`VARIANTS`): seg2's ``Seg2PanopticRCNN`` with each semantic branch (FCN-8s,
 U-Net, DeconvNet), seg2's Mask R-CNN (Detectron2's ``GeneralizedRCNN`` fed by
-``Seg2DatasetMapper``), and Detectron2's stock ``PanopticFPN`` and ``GeneralizedRCNN`` fed by
-Detectron2's own ``DatasetMapper``, all from the synthetic configs (ResNet-18-FPN, GroupNorm,
+``Seg2DatasetMapper``), each built as ``Seg2Trainer`` builds it (seg2's ROIAlign backward
+unless ``MODEL.SEG2.FAST_ROI_ALIGN False``), and Detectron2's stock ``PanopticFPN`` and
+``GeneralizedRCNN`` built by ``build_model`` and fed by Detectron2's own ``DatasetMapper``,
+all from the synthetic configs (ResNet-18-FPN, GroupNorm,
 128 px). The machine is shared more often than not, so every figure is a median over
 *interleaved* repetitions: each round runs one step of every variant in turn, starting
 from a different variant each round (and one matmul and one convolution for the peak), and
@@ -221,6 +223,16 @@ def model_cfg(
     return cfg
 
 
+def _build_model(cfg: CfgNode, pipeline: str):
+    """seg2's variants are built as ``tools/train_net.py`` trains them (``Seg2Trainer``:
+    seg2's ROIAlign when ``MODEL.SEG2.FAST_ROI_ALIGN``); Detectron2's by ``build_model``."""
+    if pipeline == "seg2":
+        from seg2.engine.trainer import Seg2Trainer
+
+        return Seg2Trainer.build_model(cfg)
+    return build_model(cfg)
+
+
 def _loaders(cfg: CfgNode, pipeline: str):
     """Train and test loaders through seg2's mapper or Detectron2's default one."""
     if pipeline == "seg2":
@@ -256,7 +268,7 @@ class _Runner:
     def __init__(self, variant, cfg, pipeline, num_batches, batch_test, seed):
         self.variant, self.cfg, self.device = variant, cfg, cfg.MODEL.DEVICE
         seed_all_rng(seed)
-        self.model = build_model(cfg)
+        self.model = _build_model(cfg, pipeline)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         seed_all_rng(seed)  # the same sampler order for every variant
         train_loader, test_loader = _loaders(cfg, pipeline)

@@ -1,0 +1,196 @@
+"""ROIAlign with a fast CPU backward.
+
+torchvision's CPU ``roi_align`` backward scatters every bilinear sample of every bin one
+channel at a time, in one thread: in a Mask R-CNN training step on 2 cores it was 20% of
+the step (``tools/benchmark.py models``, README "Speed"). The forward is kept as it is
+(torchvision's, bit for bit); only the CPU backward changes, and it computes the same
+gradient in a different order.
+
+Why it can be fast: a ROIAlign bin averages bilinear samples on a grid whose rows and
+columns are independent, and the out-of-map test is one test on ``y`` and one on ``x``. So
+the weight of input pixel ``(y, x)`` in bin ``(p, q)`` of ROI ``r`` factorises as
+``Ay[r, p, y] * Ax[r, q, x]``, and the gradient of ROI ``r`` is ``Ay[r]^T @ g[r] @ Ax[r]``
+per channel: two small batched matmuls over a window around the ROI, and one accumulate
+of each window into the map. On CUDA torchvision's kernel is used unchanged.
+"""
+from typing import Tuple
+
+import torch
+from detectron2.layers import ROIAlign
+from torch import nn
+from torchvision.ops import roi_align as tv_roi_align
+
+__all__ = ["roi_align", "Seg2ROIAlign", "use_fast_roi_align", "separable_weights"]
+
+# Window elements (ROIs x rows x cols x channels) accumulated per chunk: bounds the memory of
+# the backward (16M floats = 64 MiB) whatever the ROI sizes.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _axis_samples(start, size, bins: int, sampling_ratio: int, aligned: bool, length: int):
+    """Per ROI, the sample positions along one axis as torchvision computes them, and the
+    bilinear (low index, high index, low weight, high weight) of each.
+
+    start, size: (R,) ROI start and extent in feature-map units (input dtype).
+    Returns low, high (R, bins, G) int64; w_low, w_high (R, bins, G) input dtype, zero for the
+    padding samples beyond each ROI's own grid and for out-of-map samples; keep (R, bins, G),
+    the samples that count; grid (R,) int64.
+    """
+    if not aligned:
+        size = size.clamp(min=1.0)
+    bin_size = size / bins
+    if sampling_ratio > 0:
+        grid = torch.full_like(size, sampling_ratio, dtype=torch.int64)
+    else:
+        grid = torch.ceil(size / bins).clamp(min=0).to(torch.int64)
+    g_max = max(int(grid.max()) if grid.numel() else 0, 1)
+    bin_idx = torch.arange(bins, dtype=size.dtype, device=size.device)
+    sample_idx = torch.arange(g_max, device=size.device)
+    # Same expression and evaluation order as torchvision's kernel:
+    # start + p * bin_size + (i + .5) * bin_size / grid
+    pos = (start[:, None, None] + bin_idx[None, :, None] * bin_size[:, None, None]) + (
+        (sample_idx.to(size.dtype) + 0.5)[None, None, :] * bin_size[:, None, None]
+    ) / grid.clamp(min=1).to(size.dtype)[:, None, None]
+    used = sample_idx[None, None, :] < grid[:, None, None]
+    inside = (pos >= -1.0) & (pos <= length)
+    pos = pos.clamp(min=0)
+    low = pos.to(torch.int64)  # truncation, as the kernel's (int) cast on pos >= 0
+    at_edge = low >= length - 1
+    low = torch.where(at_edge, torch.full_like(low, length - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    pos = torch.where(at_edge, low.to(pos.dtype), pos)
+    frac = pos - low.to(pos.dtype)
+    keep = used & inside
+    weight = keep.to(pos.dtype)
+    return low, high, (1.0 - frac) * weight, frac * weight, keep, grid
+
+
+def separable_weights(rois, bins: Tuple[int, int], spatial_scale: float, sampling_ratio: int,
+                      aligned: bool, height: int, width: int):
+    """Windowed separable weights of torchvision's ROIAlign.
+
+    Returns ``(ay, y0, ax, x0, count)``: ``ay`` (R, PH, KH) is the weight of map row
+    ``y0[r] + k`` in bin row ``p`` (summed over the samples and their bilinear corners),
+    ``ax`` (R, PW, KW) the same for columns, ``count`` (R,) the samples per bin that
+    torchvision divides by. ``output[r, c, p, q] = sum_yx ay[r,p,y] ax[r,q,x] in[c,y,x] / count``.
+    """
+    offset = 0.5 if aligned else 0.0
+    boxes = rois[:, 1:] * spatial_scale - offset
+    ph, pw = bins
+    *y_samples, gh = _axis_samples(
+        boxes[:, 1], boxes[:, 3] - boxes[:, 1], ph, sampling_ratio, aligned, height
+    )
+    *x_samples, gw = _axis_samples(
+        boxes[:, 0], boxes[:, 2] - boxes[:, 0], pw, sampling_ratio, aligned, width
+    )
+    count = (gh * gw).clamp(min=1).to(rois.dtype)
+    ay, y0 = _window(*y_samples)
+    ax, x0 = _window(*x_samples)
+    return ay, y0, ax, x0, count
+
+
+def _window(low, high, w_low, w_high, keep):
+    """Sum the samples of each bin into a dense window of the axis starting at the ROI's
+    first touched index: (R, bins, K) weights and (R,) window starts. Samples that do not
+    count (zero weight) are put at the start so that they do not widen the window."""
+    r, bins, g = low.shape
+    big = torch.iinfo(torch.int64).max
+    start = torch.where(keep, low, big).view(r, -1).min(dim=1).values
+    start = torch.where(start == big, 0, start)
+    low = torch.where(keep, low, start[:, None, None])
+    high = torch.where(keep, high, start[:, None, None])
+    span = int((high.view(r, -1).max(dim=1).values - start).max()) + 1 if r else 1
+    weights = low.new_zeros((r, bins, span), dtype=w_low.dtype)
+    weights.scatter_add_(2, low - start[:, None, None], w_low)
+    weights.scatter_add_(2, high - start[:, None, None], w_high)
+    return weights, start
+
+
+def _separable_backward(grad_output, rois, input_shape, spatial_scale, sampling_ratio, aligned):
+    n, c, h, w = input_shape
+    r, _, ph, pw = grad_output.shape
+    # Channels-last storage: each map pixel's C channels are one row to accumulate into.
+    grad_input = grad_output.new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
+    if r == 0:
+        return grad_input
+    ay, y0, ax, x0, count = separable_weights(
+        rois, (ph, pw), spatial_scale, sampling_ratio, aligned, h, w
+    )
+    kh, kw = ay.shape[2], ax.shape[2]
+    ax = ax / count[:, None, None]
+    ay_t = ay.transpose(1, 2)
+    batch = rois[:, 0].to(torch.int64)
+    rows = (y0[:, None] + torch.arange(kh, device=y0.device)).clamp(max=h - 1)
+    cols = (x0[:, None] + torch.arange(kw, device=x0.device)).clamp(max=w - 1)
+    target = grad_input.permute(0, 2, 3, 1).view(n * h * w, c)
+    step = max(1, _CHUNK_ELEMENTS // max(kh * kw * c, ph * kw * c, 1))
+    for s in range(0, r, step):
+        sl = slice(s, s + step)
+        m = batch[sl].shape[0]
+        # Per ROI and channel  Ay^T @ g @ Ax, as two batched matmuls over the ROIs:
+        # (C*PH, PW) @ (PW, KW), then (KH, PH) @ (PH, KW*C).
+        t = torch.bmm(grad_output[sl].reshape(m, c * ph, pw), ax[sl])
+        t = t.view(m, c, ph, kw).permute(0, 2, 3, 1).reshape(m, ph, kw * c)
+        win = torch.bmm(ay_t[sl], t).view(-1, c)
+        # Windows past the map's edge carry zero weight; clamping their index adds zeros.
+        index = (batch[sl, None, None] * h + rows[sl, :, None]) * w + cols[sl, None, :]
+        target.index_put_((index.view(-1),), win, accumulate=True)
+    return grad_input
+
+
+class _ROIAlignFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        ctx.save_for_backward(rois)
+        ctx.config = (input.shape, output_size, spatial_scale, sampling_ratio, aligned)
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (rois,) = ctx.saved_tensors
+        shape, output_size, spatial_scale, sampling_ratio, aligned = ctx.config
+        grad = _separable_backward(
+            grad_output, rois, shape, spatial_scale, sampling_ratio, aligned
+        )
+        return grad, None, None, None, None, None
+
+
+def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """``torchvision.ops.roi_align`` with rois as an (R, 5) tensor; on CPU with gradients the
+    separable backward above, elsewhere torchvision's own op."""
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    output_size = tuple(output_size)
+    if input.is_cuda or not (input.requires_grad and torch.is_grad_enabled()):
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return _ROIAlignFunction.apply(
+        input, rois, output_size, float(spatial_scale), int(sampling_ratio), bool(aligned)
+    )
+
+
+class Seg2ROIAlign(ROIAlign):
+    """Detectron2's ``ROIAlign`` (same arguments and output) with the fast CPU backward."""
+
+    def forward(self, input, rois):
+        assert rois.dim() == 2 and rois.size(1) == 5
+        if input.is_quantized:
+            input = input.dequantize()
+        return roi_align(
+            input, rois.to(dtype=input.dtype), self.output_size, self.spatial_scale,
+            self.sampling_ratio, self.aligned,
+        )
+
+
+def use_fast_roi_align(model: nn.Module) -> int:
+    """Swap every Detectron2 ``ROIAlign`` in ``model`` (the ROI heads' poolers) for
+    :class:`Seg2ROIAlign`, in place; returns how many were swapped. No parameters change,
+    so checkpoints load either way."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is ROIAlign:
+                setattr(parent, name, Seg2ROIAlign(
+                    child.output_size, child.spatial_scale, child.sampling_ratio, child.aligned
+                ))
+                swapped += 1
+    return swapped
