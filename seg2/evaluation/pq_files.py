@@ -1,5 +1,5 @@
 """PQ of COCO panoptic files (PNG + JSON), ground truth against predictions: reading and
-checking the files, then :func:`seg2.evaluation.pq.pq_compute_single` per image with a worker
+checking the files, then :func:`seg2.evaluation.pq.pq_compute_words` per image with a worker
 pool over images (results bit-identical for any worker count)."""
 import itertools
 import logging
@@ -12,8 +12,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..io import InputError, read_json, read_panoptic_png
-from .pq import PQStat, pq_compute_single, pq_results
+from ..io import InputError, read_json, read_panoptic_words
+from .pq import PQStat, pq_compute_words, pq_results
 
 __all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files"]
 
@@ -32,7 +32,7 @@ def load_panoptic_json(path: str, what: str) -> Dict:
 
 def _read_ids(path: str, image_name: str) -> np.ndarray:
     try:
-        return read_panoptic_png(path)
+        return read_panoptic_words(path)
     except InputError as e:
         raise InputError(f"{image_name}: {e}") from None
 
@@ -47,7 +47,7 @@ def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> Lis
         gt_ids = _read_ids(gt_png, image_name)
         pred_ids = _read_ids(pred_png, image_name)
         stats.append(
-            pq_compute_single(gt_ids, gt_segs, pred_ids, pred_segs, categories, image_name)
+            pq_compute_words(gt_ids, gt_segs, pred_ids, pred_segs, categories, image_name)
         )
     return stats
 

@@ -458,6 +458,63 @@ class TestAgainstReferences(unittest.TestCase):
         self.assertAlmostEqual(res["RQ"], rq, places=4)
 
 
+class TestWords(unittest.TestCase):
+    """The files path reads 4-byte pixels (``read_panoptic_words``) and scores them without
+    converting to int64 ids (``pq_compute_words``); both must agree with the int64 path."""
+
+    def test_read_panoptic_words_equals_rgb2id(self):
+        from seg2.io import read_panoptic_png, read_panoptic_words
+        from seg2.structures.panoptic import rgb2id
+
+        rng = np.random.default_rng(3)
+        rgb = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)  # ids up to 2^24 - 1
+        alpha = rng.integers(0, 256, (17, 23, 1), dtype=np.uint8)
+        with tempfile.TemporaryDirectory() as root:
+            for mode, pixels in (("RGB", rgb), ("RGBA", np.concatenate([rgb, alpha], -1))):
+                path = os.path.join(root, f"{mode}.png")
+                Image.fromarray(pixels, mode).save(path)
+                words = read_panoptic_words(path)
+                self.assertEqual((words.dtype, words.shape), (np.dtype("<u4"), (17, 23)))
+                np.testing.assert_array_equal(words & 0xFFFFFF, rgb2id(rgb))
+                ids = read_panoptic_png(path)
+                self.assertEqual(ids.dtype, np.int64)
+                np.testing.assert_array_equal(ids, rgb2id(rgb))
+                self.assertGreaterEqual(ids.max(), 1 << 16)
+
+    def test_words_with_any_high_byte_equal_int64_ids(self):
+        from seg2.evaluation.pq import pq_compute_words
+
+        rng = np.random.default_rng(4)
+        for _ in range(6):
+            gt, gs, pred, ps = random_image(rng)
+            # Large ids (all three bytes), and a random high byte the words path must ignore.
+            big = {0: 0}
+            for i in sorted((set(np.unique(gt).tolist()) | set(np.unique(pred).tolist())) - {0}):
+                big[i] = int(rng.integers(1, 1 << 24))
+            remap = np.vectorize(big.get)
+            gt, pred = remap(gt), remap(pred)
+            gs = [dict(s, id=big[s["id"]]) for s in gs]
+            ps = [dict(s, id=big[s["id"]]) for s in ps]
+
+            def words(ids):
+                high = rng.integers(0, 256, ids.shape).astype(np.uint32) << 24
+                return ids.astype(np.uint32) | high
+
+            expected = repr(pq_compute_single(gt, gs, pred, ps, CATS))
+            self.assertEqual(repr(pq_compute_words(words(gt), gs, words(pred), ps, CATS)), expected)
+            # An id missing from the JSON is reported as its 24-bit id, high byte dropped.
+            with self.assertRaisesRegex(PanopticInputError, rf"\[{gs[-1]['id']}\] are in the PNG"):
+                pq_compute_words(words(gt), gs[:-1], words(pred), ps, CATS)
+
+    def test_a_thousand_segments(self):
+        # The former hash table grew until collision-free: 1000 ids asked for 2 TiB.
+        ids = np.random.default_rng(5).choice(np.arange(1, 1 << 24), 1000, replace=False)
+        gt = np.repeat(ids, 3)[None, :].repeat(4, axis=0)
+        segs = [seg(int(i), 1 + k % 2) for k, i in enumerate(ids)]
+        stat = pq_compute_single(gt, segs, gt, segs, CATS)
+        self.assertEqual((stat[1].tp, stat[2].tp, stat[1].fp, stat[1].fn), (500, 500, 0, 0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 
