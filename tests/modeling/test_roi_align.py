@@ -6,6 +6,7 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling import build_model
 from torchvision.ops import roi_align as tv_roi_align
 
+import seg2.modeling.roi_align as roi_align_module
 from seg2.modeling.roi_align import Seg2ROIAlign, roi_align, use_fast_roi_align
 from seg2_testing import get_seg2_cfg
 
@@ -29,9 +30,12 @@ def _grads(fn, x, rois, grad_out, *args):
     return out, g
 
 
+@pytest.mark.parametrize("path", ["window", "dense"])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
-def test_gradient_equals_torchvision(aligned, sampling_ratio):
+def test_gradient_equals_torchvision(aligned, sampling_ratio, path, monkeypatch):
+    # Both ways of accumulating (per-ROI windows by index, whole-map matmuls per image).
+    monkeypatch.setattr(roi_align_module, "_INDEX_COST", -1e9 if path == "window" else 1e9)
     gen = torch.Generator().manual_seed(sampling_ratio + 10 * aligned)
     for trial in range(12):
         n, c, h, w = 2, 3 + trial % 3, 7 + trial, 11 + (trial * 3) % 7
