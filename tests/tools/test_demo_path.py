@@ -22,7 +22,7 @@ from seg2.evaluation.semantic import Seg2SemSegEvaluator
 from seg2_testing import REPO_ROOT, get_seg2_cfg
 
 DEMO_CFG = (
-    "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"  # Makefile's DEMO_CFG
+    "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_demo_synthetic.yaml"  # Makefile's DEMO_CFG
 )
 SMALL = [
     "SOLVER.MAX_ITER",
