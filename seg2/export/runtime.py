@@ -10,11 +10,11 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..io import InputError
+from ..modeling.paste import paste_masks
 from .tracing import DEPRECATED, MANIFEST
 
 __all__ = ["ExportedModel", "load_exported"]
@@ -101,14 +101,16 @@ class ExportedModel:
             inst.pred_boxes = Boxes(outs["boxes"])
             inst.scores = outs["scores"]
             inst.pred_classes = outs["classes"]
-            inst.pred_masks = outs["mask_probs"]
             inst.set("_row", torch.arange(len(inst), device=tensor.device))
             detected = detector_postprocess(inst, height, width)
             rows = detected.get("_row")
             detected.remove("_row")
+            # Detectron2's pasting, batched on small CPU images (as Seg2PanopticRCNN does).
+            soft = outs["mask_probs"][rows, 0]
+            detected.pred_masks = paste_masks(soft, detected.pred_boxes, (height, width))
             result["instances"] = detected
             if self.fusion is not None:
-                result["panoptic_seg"] = self._fuse(detected, outs["mask_probs"][rows, 0], sem)
+                result["panoptic_seg"] = self._fuse(detected, soft, sem)
         return result
 
     def _fuse(self, detected: Instances, soft: torch.Tensor, sem: torch.Tensor):
@@ -116,10 +118,7 @@ class ExportedModel:
         h, w = detected.image_size
         masks = detected.pred_masks
         if getattr(self.fusion, "uses_soft_masks", False):
-            masks = (
-                paste_masks_in_image(soft, detected.pred_boxes, (h, w), threshold=-1).float()
-                / 255.0
-            )
+            masks = paste_masks(soft, detected.pred_boxes, (h, w), threshold=-1).float() / 255.0
         fusion_input = Instances(
             (h, w), pred_masks=masks, scores=detected.scores, pred_classes=detected.pred_classes
         )

@@ -4,7 +4,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_sem_seg_head
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Instances
@@ -14,6 +13,7 @@ from torch import nn
 from ..capabilities import ModelCapabilities
 from .batching import batch_sem_seg_targets, takes_pixel_weights
 from .fusion import build_fusion
+from .paste import paste_masks
 
 __all__ = ["Seg2PanopticRCNN"]
 
@@ -190,21 +190,21 @@ class Seg2PanopticRCNN(GeneralizedRCNN):
             height = input_per_image.get("height", image_size[0])
             width = input_per_image.get("width", image_size[1])
             sem_seg_r = sem_seg_postprocess(sem_seg_result, image_size, height, width)
+            # detector_postprocess without its mask pasting (seg2's paste_masks is the same,
+            # batched on small CPU images); rows follow its box filtering to the masks.
             raw_masks = detector_result.pred_masks
-            # Mark rows so the soft masks can follow detector_postprocess's box filtering.
+            detector_result.remove("pred_masks")
             detector_result.set("_row", torch.arange(len(detector_result), device=self.device))
             detector_r = detector_postprocess(detector_result, height, width)
             rows = detector_r.get("_row")
             detector_r.remove("_row")
+            boxes = detector_r.pred_boxes
+            detector_r.pred_masks = paste_masks(raw_masks[rows, 0], boxes, (height, width))
 
             masks = detector_r.pred_masks
             if getattr(self.fusion, "uses_soft_masks", False):
-                masks = (
-                    paste_masks_in_image(
-                        raw_masks[rows, 0], detector_r.pred_boxes, (height, width), threshold=-1
-                    ).float()
-                    / 255.0
-                )
+                soft = paste_masks(raw_masks[rows, 0], boxes, (height, width), threshold=-1)
+                masks = soft.float() / 255.0
             fusion_input = Instances(
                 (height, width),
                 pred_masks=masks,

@@ -1,17 +1,19 @@
 """ROIAlign with a fast CPU backward.
 
-torchvision's CPU ``roi_align`` backward scatters every bilinear sample of every bin one
-channel at a time, in one thread: in a Mask R-CNN training step on 2 cores it was 20% of
-the step (``tools/benchmark.py models``, README "Speed"). The forward is kept as it is
-(torchvision's, bit for bit); only the CPU backward changes, and it computes the same
-gradient in a different order.
+torchvision's CPU ``roi_align`` backward is a plain loop over the output elements that adds
+every bilinear sample into the input gradient one by one, in one thread: in the demo's
+Mask R-CNN training step on 2 cores it was 20% of the step (torch.profiler; README
+"Speed"). The forward is kept as it is (torchvision's, bit for bit); only the CPU backward
+changes, and it computes the same gradient summed in a different order.
 
 Why it can be fast: a ROIAlign bin averages bilinear samples on a grid whose rows and
 columns are independent, and the out-of-map test is one test on ``y`` and one on ``x``. So
 the weight of input pixel ``(y, x)`` in bin ``(p, q)`` of ROI ``r`` factorises as
 ``Ay[r, p, y] * Ax[r, q, x]``, and the gradient of ROI ``r`` is ``Ay[r]^T @ g[r] @ Ax[r]``
-per channel: two small batched matmuls over a window around the ROI, and one accumulate
-of each window into the map. On CUDA torchvision's kernel is used unchanged.
+per channel. Two ways to sum it, chosen per call by a cost estimate: small windows around
+each ROI accumulated into the map by index (large maps, small ROIs), or whole-map matmuls,
+one per image (small maps, where every window covers most of the map). On CUDA
+torchvision's kernel is used unchanged.
 """
 from typing import Tuple
 
