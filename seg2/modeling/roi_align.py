@@ -24,8 +24,8 @@ from torchvision.ops import roi_align as tv_roi_align
 
 __all__ = ["roi_align", "Seg2ROIAlign", "use_fast_roi_align", "separable_weights"]
 
-# Window elements (ROIs x rows x cols x channels) accumulated per chunk: bounds the memory of
-# the backward (16M floats = 64 MiB) whatever the ROI sizes.
+# Elements of the backward's intermediates per chunk of ROIs (windows x channels, or the dense
+# path's channels x ROIs x bins x width): bounds its memory (16M floats = 64 MiB).
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -147,15 +147,16 @@ def _dense_backward(grad_output, batch, ay, ax, n):
     grad_input = grad_output.new_zeros((n, c, h, w))
     order = torch.argsort(batch, stable=True)
     per_image = torch.bincount(batch, minlength=n).tolist()
+    step = max(1, _CHUNK_ELEMENTS // (c * ph * w))  # ROIs per matmul: bounds t's memory
     start = 0
-    for i, m in enumerate(per_image):
-        if m == 0:
-            continue
-        idx = order[start : start + m]
-        start += m
-        # (C, R_i, PH, PW) @ (R_i, PW, W) -> (C, R_i, PH, W); then (H, R_i*PH) @ (C, R_i*PH, W).
-        t = torch.matmul(grad_output[idx].transpose(0, 1), ax[idx])
-        grad_input[i] = torch.matmul(ay[idx].reshape(m * ph, h).t(), t.reshape(c, m * ph, w))
+    for i, count in enumerate(per_image):
+        for s in range(start, start + count, step):
+            idx = order[s : min(s + step, start + count)]
+            m = len(idx)
+            # (C, m, PH, PW) @ (m, PW, W) -> (C, m, PH, W); then (H, m*PH) @ (C, m*PH, W).
+            t = torch.matmul(grad_output[idx].transpose(0, 1), ax[idx])
+            grad_input[i] += torch.matmul(ay[idx].reshape(m * ph, h).t(), t.reshape(c, m * ph, w))
+        start += count
     return grad_input
 
 
@@ -202,12 +203,16 @@ class _ROIAlignFunction(torch.autograd.Function):
 
 
 def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """``torchvision.ops.roi_align`` with rois as an (R, 5) tensor; on CPU with gradients the
-    separable backward above, elsewhere torchvision's own op."""
+    """``torchvision.ops.roi_align`` with rois as an (R, 5) tensor; for float32/64 CPU inputs
+    that need gradients the separable backward above, otherwise torchvision's own op."""
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
     output_size = tuple(output_size)
-    if input.is_cuda or not (input.requires_grad and torch.is_grad_enabled()):
+    if (
+        input.is_cuda
+        or input.dtype not in (torch.float32, torch.float64)
+        or not (input.requires_grad and torch.is_grad_enabled())
+    ):
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _ROIAlignFunction.apply(
         input, rois, output_size, float(spatial_scale), int(sampling_ratio), bool(aligned)
