@@ -102,6 +102,14 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     return known, usable
 
 
+def _report_unknown_image(img_id, known, path: str, where: str, report) -> None:
+    """An annotation's image_id that no image has (ids already reported as malformed in
+    'images' are in ``known`` and not reported twice)."""
+    if img_id not in known:
+        sample = img_id if isinstance(img_id, (int, str)) else None
+        report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", sample)
+
+
 def _check_categories(cats: List, path: str, report, panoptic: bool = False) -> Dict:
     ids = _check_ids(cats, path, "category", report)
     out = {}
@@ -139,15 +147,7 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
         img_id = a.get("image_id")
         where = f"annotation of image {img_id!r}"
         if img_id not in images:
-            if img_id not in known:
-                report.add(
-                    path,
-                    where,
-                    "image_id",
-                    img_id,
-                    "not the id of an image in 'images'",
-                    img_id if isinstance(img_id, (int, str)) else None,
-                )
+            _report_unknown_image(img_id, known, path, where, report)
             continue
         seen[img_id] += 1
         if seen[img_id] == 2:

@@ -12,6 +12,7 @@ from .check_annotations import (
     _check_images_json,
     _is_int,
     _is_num,
+    _report_unknown_image,
     _top_level,
 )
 
@@ -185,15 +186,7 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
         img_id = a.get("image_id")
         im = images.get(img_id)
         if im is None:
-            if img_id not in known:
-                report.add(
-                    path,
-                    where,
-                    "image_id",
-                    img_id,
-                    "not the id of an image in 'images'",
-                    img_id if isinstance(img_id, (int, str)) else None,
-                )
+            _report_unknown_image(img_id, known, path, where, report)
             continue
         if a.get("category_id") not in cats:
             report.add(

@@ -10,11 +10,13 @@ from .cityscapes_evaluators import (
     Seg2CityscapesSemSegEvaluator,
     build_cityscapes_evaluator,
 )
-from .coco import Seg2COCOEvaluator, evaluate_coco_files
+from .coco import evaluate_coco_files
+from .coco_evaluator import Seg2COCOEvaluator
 from .offline import EvaluationInputError
 from .panoptic import Seg2PanopticEvaluator
 from .pq_files import pq_compute_files
-from .semantic import ConfusionMatrix, Seg2SemSegEvaluator, evaluate_semantic_folders, semantic_metrics
+from .semantic import ConfusionMatrix, evaluate_semantic_folders, semantic_metrics
+from .semantic_evaluator import Seg2SemSegEvaluator
 
 __all__ = [
     "build_evaluators",

@@ -17,14 +17,14 @@ def model_tasks(cfg: CfgNode) -> Set[str]:
 
 
 def _coco(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
-    from .coco import Seg2COCOEvaluator
+    from .coco_evaluator import Seg2COCOEvaluator
 
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     return Seg2COCOEvaluator(name, tasks=tasks, output_dir=out)
 
 
 def _semantic(name: str, out: Optional[str], cfg: CfgNode) -> DatasetEvaluator:
-    from .semantic import Seg2SemSegEvaluator
+    from .semantic_evaluator import Seg2SemSegEvaluator
 
     return Seg2SemSegEvaluator(name, output_dir=out)
 

@@ -18,16 +18,13 @@ pairs. :func:`pq_compute_words` takes the PNGs' 4-byte pixels as they are read, 
 conversion. :func:`seg2.evaluation.pq_files.pq_compute_files` reads the COCO panoptic format
 (PNG + JSON) with a worker pool over images. This is seg2's only PQ engine:
 ``Seg2PanopticEvaluator`` (COCO panoptic) and the Cityscapes panoptic scoring both call it.
+The accumulators become PQ/SQ/RQ figures and tables in :mod:`seg2.evaluation.pq_summary`.
 """
 
-import logging
-import math
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
-from tabulate import tabulate
 
 from ..io import InputError
 from ..structures.panoptic import OFFSET, VOID
@@ -35,21 +32,13 @@ from ..structures.panoptic import OFFSET, VOID
 # Kept as a name for callers that catch panoptic input errors specifically.
 PanopticInputError = InputError
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
     "PanopticInputError",
     "PQStatCat",
     "PQStat",
     "pq_compute_single",
     "pq_compute_words",
-    "pq_average",
-    "pq_results",
-    "format_pq_table",
 ]
-
-_GROUPS = (("All", None, ""), ("Things", True, "_th"), ("Stuff", False, "_st"))
-
 
 @dataclass
 class PQStatCat:
@@ -306,122 +295,3 @@ def _check_ids(bad: bool, values, keys, areas, image_name: str, what: str) -> No
         raise PanopticInputError(
             f"{image_name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
         )
-
-
-def pq_average(
-    stat: PQStat, categories: Mapping[int, Mapping], isthing: Optional[bool] = None
-) -> Tuple[Dict[str, float], Dict[int, Dict[str, float]]]:
-    """Mean PQ, SQ, RQ (fractions) over the categories that have any TP, FP or FN.
-
-    PQ_c = sum IoU / (TP + FP/2 + FN/2), SQ_c = sum IoU / TP (0 without TP),
-    RQ_c = TP / (TP + FP/2 + FN/2).
-
-    Args:
-        stat: accumulators of the whole dataset.
-        categories: category id -> dict with ``isthing``.
-        isthing: True / False restricts to things / stuff; None takes all.
-
-    Returns:
-        ``{"pq", "sq", "rq", "n"}`` (means are NaN when n == 0) and, per category id taken
-        into the mean, ``{"pq", "sq", "rq"}``.
-    """
-    per_class: Dict[int, Dict[str, float]] = {}
-    for cat, info in categories.items():
-        if isthing is not None and bool(info.get("isthing", 0)) != isthing:
-            continue
-        s = stat.pq_per_cat.get(cat, PQStatCat())
-        if s.tp + s.fp + s.fn == 0:
-            continue
-        denom = s.tp + 0.5 * s.fp + 0.5 * s.fn
-        per_class[cat] = {
-            "pq": s.iou / denom,
-            "sq": s.iou / s.tp if s.tp else 0.0,
-            "rq": s.tp / denom,
-        }
-    n = len(per_class)
-    mean = {
-        k: (sum(r[k] for r in per_class.values()) / n if n else float("nan"))
-        for k in ("pq", "sq", "rq")
-    }
-    mean["n"] = n
-    return mean, per_class
-
-
-def _note_missing_ground_truth(stat: PQStat, categories: Mapping[int, Mapping]) -> None:
-    """Say which categories have no ground-truth segment: their PQ is NaN without
-    predictions, 0 with (false positives only), never silently."""
-    empty = [c for c in categories if stat.pq_per_cat.get(c, PQStatCat()).tp + stat.pq_per_cat.get(c, PQStatCat()).fn == 0]
-    if len(empty) == len(categories):
-        logger.warning("PQ: the ground truth has no segment of any category; PQ is NaN (0 for categories with predictions)")
-    elif empty:
-        logger.warning(
-            f"PQ: {len(empty)} of {len(categories)} categories have no ground-truth segment "
-            f"(ids {sorted(empty)[:10]}): NaN without predictions, 0 with false positives only"
-        )
-
-
-def pq_results(stat: PQStat, categories: Mapping[int, Mapping]) -> Dict[str, float]:
-    """Detectron2's panoptic keys, in percent.
-
-    Args:
-        stat: accumulators of the whole dataset.
-        categories: category id -> dict with ``isthing`` and ``name``.
-
-    Returns:
-        ``PQ, SQ, RQ`` (all classes), ``PQ_th, SQ_th, RQ_th`` (things), ``PQ_st, SQ_st,
-        RQ_st`` (stuff), and ``PQ-<name>, SQ-<name>, RQ-<name>`` per class. A figure over no
-        class (e.g. things of a stuff-only dataset, or a class absent from both GT and
-        predictions) is NaN, as Detectron2 reports absent classes.
-    """
-    _note_missing_ground_truth(stat, categories)
-    res: Dict[str, float] = OrderedDict()
-    per_class: Dict[int, Dict[str, float]] = {}
-    for _, isthing, suffix in _GROUPS:
-        mean, pc = pq_average(stat, categories, isthing)
-        for k in ("pq", "sq", "rq"):
-            res[k.upper() + suffix] = 100 * mean[k]
-        if isthing is None:
-            per_class = pc
-    for cat, info in categories.items():
-        name = info.get("name", str(cat))
-        for k in ("pq", "sq", "rq"):
-            res[f"{k.upper()}-{name}"] = (
-                100 * per_class[cat][k] if cat in per_class else float("nan")
-            )
-    return res
-
-
-def format_pq_table(
-    results: Mapping[str, float], categories: Optional[Mapping[int, Mapping]] = None
-) -> str:
-    """The summary (All / Things / Stuff) and per-class tables, as Detectron2 logs them.
-
-    Args:
-        results: output of :func:`pq_results` / :func:`pq_compute_files`.
-        categories: category id -> dict with ``isthing`` and ``name``; when given, the summary
-            gets Detectron2's ``#categories`` column (classes taken into each mean).
-
-    Returns:
-        Two tables in Markdown "pipe" format.
-    """
-    headers = ["", "PQ", "SQ", "RQ"] + (["#categories"] if categories is not None else [])
-    rows = []
-    for name, isthing, suffix in _GROUPS:
-        row = [name] + [results.get(k + suffix, float("nan")) for k in ("PQ", "SQ", "RQ")]
-        if categories is not None:
-            row.append(
-                sum(
-                    1
-                    for c in categories.values()
-                    if (isthing is None or bool(c.get("isthing", 0)) == isthing)
-                    and not math.isnan(results.get(f"PQ-{c.get('name')}", float("nan")))
-                )
-            )
-        rows.append(row)
-    fmt = dict(tablefmt="pipe", floatfmt=".3f", stralign="center", numalign="center")
-    table = tabulate(rows, headers=headers, **fmt)
-    names = [k[3:] for k in results if k.startswith("PQ-")]
-    if names:
-        per_class = [[n] + [results[f"{k}-{n}"] for k in ("PQ", "SQ", "RQ")] for n in names]
-        table += "\n\n" + tabulate(per_class, headers=["category", "PQ", "SQ", "RQ"], **fmt)
-    return table

@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from seg2.data.solaris_sample import prepare_solaris_sample, register_solaris_sample, solaris_files
 from seg2.data.validate import last_report
-from seg2.evaluation.coco import Seg2COCOEvaluator
+from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
 from seg2.io import read_image
 
 

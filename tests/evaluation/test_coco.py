@@ -19,11 +19,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from seg2.evaluation.coco import (
-    Seg2COCOEvaluator,
     evaluate_coco_files,
     evaluate_coco_results,
     load_coco_gt,
 )
+from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
 from seg2.evaluation.offline import EvaluationInputError
 from seg2_testing import tiny_synthetic_root
 

@@ -21,11 +21,9 @@ from seg2.evaluation.pq import (
     PanopticInputError,
     PQStat,
     PQStatCat,
-    format_pq_table,
-    pq_average,
     pq_compute_single,
-    pq_results,
 )
+from seg2.evaluation.pq_summary import format_pq_table, pq_average, pq_results
 from seg2.evaluation.pq_files import pq_compute_files
 
 CATS = OrderedDict(

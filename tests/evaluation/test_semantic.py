@@ -15,13 +15,14 @@ from detectron2.evaluation import SemSegEvaluator
 from PIL import Image
 
 from seg2.evaluation import semantic as sem_module
+from seg2.evaluation import semantic_evaluator as evaluator_module
 from seg2.evaluation.offline import EvaluationInputError
 from seg2.evaluation.semantic import (
     ConfusionMatrix,
-    Seg2SemSegEvaluator,
     evaluate_semantic_folders,
     semantic_metrics,
 )
+from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
 
 NAMES = ["a", "b", "c", "d", "e"]
 SHARED = ["mIoU", "fwIoU", "mACC", "pACC"] + [f"{k}-{n}" for k in ("IoU", "ACC") for n in NAMES]
@@ -91,13 +92,13 @@ class TestAgainstDetectron2(unittest.TestCase):
             halves.append(ev._conf.matrix.copy())
         ev = Seg2SemSegEvaluator(self.name, distributed=True)
         ev.reset()
-        with mock.patch.object(sem_module, "all_gather", return_value=halves):
+        with mock.patch.object(evaluator_module, "all_gather", return_value=halves):
             merged = ev.evaluate()["sem_seg"]
         for key in single:
             _same(self, merged[key], single[key], key)
         # A rank other than the main one reports nothing.
-        with mock.patch.object(sem_module, "all_gather", return_value=halves), mock.patch.object(
-            sem_module, "is_main_process", return_value=False
+        with mock.patch.object(evaluator_module, "all_gather", return_value=halves), mock.patch.object(
+            evaluator_module, "is_main_process", return_value=False
         ):
             self.assertIsNone(ev.evaluate())
 

@@ -16,9 +16,9 @@ from detectron2.data import MetadataCatalog
 from seg2.data.builtin import register_synthetic
 from seg2.data.synthetic import generate
 from seg2.engine import Seg2Trainer
-from seg2.evaluation.coco import Seg2COCOEvaluator
+from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
 from seg2.evaluation.panoptic import Seg2PanopticEvaluator
-from seg2.evaluation.semantic import Seg2SemSegEvaluator
+from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
 from seg2_testing import REPO_ROOT, get_seg2_cfg
 
 DEMO_CFG = (

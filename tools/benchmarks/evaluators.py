@@ -2,7 +2,7 @@
 
 One call times, on the same synthetic split (or a folder laid out like ``datasets/synthetic``):
 
-- semantic: :class:`~seg2.evaluation.semantic.Seg2SemSegEvaluator` vs Detectron2's
+- semantic: :class:`~seg2.evaluation.semantic_evaluator.Seg2SemSegEvaluator` vs Detectron2's
   ``SemSegEvaluator`` (reset + process every image + evaluate, same logits);
 - COCO: :func:`~seg2.evaluation.coco.evaluate_coco_files` (faster-coco-eval) vs plain
   pycocotools ``COCOeval`` (box and mask AP from the same files; this is also what
@@ -101,7 +101,7 @@ def bench_semantic(root: str, split: str, repeats: int, seed: int) -> Dict:
     from detectron2.evaluation import SemSegEvaluator
 
     from seg2.data.synthetic.meta import CATEGORIES, IGNORE_LABEL
-    from seg2.evaluation.semantic import Seg2SemSegEvaluator
+    from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
 
     sem_dir = os.path.join(root, f"semantic_{split}")
     files = sorted(f for f in os.listdir(sem_dir) if f.endswith(".png"))

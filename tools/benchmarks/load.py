@@ -187,16 +187,18 @@ def run_load_benchmark(
     from seg2.data.coco_panoptic import panoptic_metadata
     from seg2.data.synthetic import generate
     from seg2.data.synthetic.meta import CATEGORIES, IGNORE_LABEL
-    from seg2.evaluation.coco import Seg2COCOEvaluator, evaluate_coco_files
+    from seg2.evaluation.coco import evaluate_coco_files
+    from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
     from seg2.evaluation.panoptic import Seg2PanopticEvaluator
-    from seg2.evaluation.pq import PQStat, pq_compute_single, pq_results
+    from seg2.evaluation.pq import PQStat, pq_compute_single
+    from seg2.evaluation.pq_summary import pq_results
     from seg2.evaluation.pq_files import panoptic_categories
     from seg2.evaluation.semantic import (
         ConfusionMatrix,
-        Seg2SemSegEvaluator,
         argmax_channels,
         semantic_metrics,
     )
+    from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
     from seg2.io import read_label_png, read_panoptic_png
 
     tmp = tempfile.mkdtemp(prefix="seg2-load-")

@@ -8,7 +8,7 @@ the same number of iterations at the same batch size, and scored on the val spli
 
 Metrics (all computed on the val images processed):
 
-* ``mIoU``, ``pACC``: :class:`~seg2.evaluation.semantic.Seg2SemSegEvaluator` (Detectron2's
+* ``mIoU``, ``pACC``: :class:`~seg2.evaluation.semantic_evaluator.Seg2SemSegEvaluator` (Detectron2's
   conventions), in percent.
 * ``BF`` (boundary F-score at 2 px) and ``touching`` ("separated / total" ground-truth thing
   instances that touch a same-class instance): :class:`~seg2.evaluation.boundary.Seg2BoundaryEvaluator`,
@@ -209,7 +209,7 @@ def run_variant(
     from seg2.data.dataset_mapper import Seg2DatasetMapper
     from seg2.engine.trainer import Seg2Trainer
     from seg2.evaluation.boundary import Seg2BoundaryEvaluator
-    from seg2.evaluation.semantic import Seg2SemSegEvaluator
+    from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
     from seg2.modeling import sliding_window  # noqa: F401  (registers SlidingWindowSegmentor)
 
     torch.set_num_threads(2)
