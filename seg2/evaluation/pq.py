@@ -11,18 +11,23 @@
   on crowd regions of its own category;
 * classes with no TP, FP or FN are left out of the means.
 
-The core (:func:`pq_compute_single`) is a pure function of two id maps and their segment lists:
-a few vectorised passes find the runs of one (gt, pred) id pair along the pixels, one bincount
-over the runs gives every overlap, and the matching itself is plain Python over the overlapping
-pairs. :func:`pq_compute_words` takes the PNGs' 4-byte pixels as they are read, with no id
-conversion. :func:`seg2.evaluation.pq_files.pq_compute_files` reads the COCO panoptic format
-(PNG + JSON) with a worker pool over images. This is seg2's only PQ engine:
-``Seg2PanopticEvaluator`` (COCO panoptic) and the Cityscapes panoptic scoring both call it.
-The accumulators become PQ/SQ/RQ figures and tables in :mod:`seg2.evaluation.pq_summary`.
+The engine (:class:`PQBatch`) scores a batch of images: a few vectorised passes over each
+image's pixels find the runs of one (GT id, pred id) pair, two searches in the image's sorted id
+tables and one bincount turn them into its overlaps, and the matching is vectorised over the
+whole batch. Its output (:class:`PQScores`) keeps every image's contribution in image order,
+so sums do not depend on how images are split into batches or processes.
+:func:`pq_compute_single` scores one image's id maps, :func:`pq_compute_words` the PNGs' 4-byte
+pixels as they are read (no id conversion), and
+:func:`seg2.evaluation.pq_files.pq_compute_files` the COCO panoptic format (PNG + JSON) with a
+worker pool over images. This is seg2's only PQ engine: ``Seg2PanopticEvaluator`` (COCO
+panoptic) and the Cityscapes panoptic scoring both call it. The accumulators become PQ/SQ/RQ
+figures and tables in :mod:`seg2.evaluation.pq_summary`.
 """
 
+import itertools
+import operator
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +43,8 @@ __all__ = [
     "PQStat",
     "pq_compute_single",
     "pq_compute_words",
+    "PQBatch",
+    "PQScores",
 ]
 
 @dataclass
@@ -151,7 +158,9 @@ def pq_compute_single(
                 f"{image_name}: {what} segment ids must lie in [0, {OFFSET}), "
                 f"got [{ids.min()}, {ids.max()}]"
             )
-    return _pq_image(gt_ids, gt_segments, pred_ids, pred_segments, categories, image_name, False)
+    batch = PQBatch([(image_name, gt_segments, pred_segments)], categories, words=False)
+    batch.add(0, gt_ids, pred_ids)
+    return batch.scores().to_stat()
 
 
 def pq_compute_words(
@@ -165,8 +174,9 @@ def pq_compute_words(
     """:func:`pq_compute_single` on (H, W) uint32 words whose low 24 bits are the ids (as
     :func:`seg2.io.read_panoptic_words` returns them): no int64 conversion, and no range check,
     since 24-bit ids are always in range."""
-    _check_sizes(gt_words, pred_words, image_name)
-    return _pq_image(gt_words, gt_segments, pred_words, pred_segments, categories, image_name, True)
+    batch = PQBatch([(image_name, gt_segments, pred_segments)], categories, words=True)
+    batch.add(0, gt_words, pred_words)
+    return batch.scores().to_stat()
 
 
 def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> None:
@@ -177,121 +187,277 @@ def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> N
         )
 
 
-def _pq_image(gt_ids, gt_segments, pred_ids, pred_segments, categories, image_name, words):
-    gt_table = _segment_table(gt_segments, categories, image_name, "ground-truth")
-    pred_table = _segment_table(pred_segments, categories, image_name, "predicted")
-    gt_keys = sorted(gt_table)
-    pred_keys = sorted(pred_table)
-
-    # Segments are spatially coherent, so the pixels come in few runs of one (gt, pred) id
-    # pair (~2% of the pixels at 256 px): four passes over the pixels find the runs, and
-    # all the rest works on the runs, then on the overlapping pairs in plain Python (the
-    # per-call cost of numpy on ~10 x 10 tables outweighed its speed).
-    g = gt_ids.ravel()
-    p = pred_ids.ravel()
-    n = g.size
-    change = np.empty(n + 1, dtype=bool)
-    change[0] = change[n] = True
-    np.not_equal(g[1:], g[:-1], out=change[1:n])
-    change[1:n] |= p[1:] != p[:-1]
-    bounds = change.nonzero()[0]
-    starts = bounds[:-1]
-    lengths = bounds[1:] - starts
-    gv = g.take(starts)
-    pv = p.take(starts)
-    if words:
-        np.bitwise_and(gv, _LOW24, out=gv)
-        np.bitwise_and(pv, _LOW24, out=pv)
-    ncols = 2 * len(pred_keys) + 3
-    cell = _rank(gv, gt_keys)
-    cell *= ncols
-    cell += _rank(pv, pred_keys)
-    counts = np.bincount(cell, weights=lengths)
-    cells = counts.nonzero()[0]
-    pixels = counts.take(cells).tolist()
-
-    # Odd rank 2i+1: the i-th of [void, sorted JSON ids]; even: an id the JSON lacks.
-    # Cells come in row-major order, i.e. sorted by (gt id, pred id), as panopticapi's pairs.
-    gt_area = [0] * (len(gt_keys) + 1)  # [0]: void
-    pred_area = [0] * (len(pred_keys) + 1)
-    pred_void = [0] * (len(pred_keys) + 1)
-    overlaps = []
-    gt_bad = pred_bad = False
-    for c, a in zip(cells.tolist(), pixels):
-        r, q = divmod(c, ncols)
-        a = int(a)
-        if r & 1:
-            gt_area[r >> 1] += a
-        else:
-            gt_bad = True
-        if q & 1:
-            pred_area[q >> 1] += a
-        else:
-            pred_bad = True
-        if r & q & 1 and q > 1:
-            if r == 1:
-                pred_void[q >> 1] += a
-            else:
-                overlaps.append((r >> 1, q >> 1, a))
-    _check_ids(gt_bad, gv, gt_keys, gt_area, image_name, "ground-truth")
-    _check_ids(pred_bad, pv, pred_keys, pred_area, image_name, "predicted")
-
-    gt_cat = [None] + [int(gt_table[k]["category_id"]) for k in gt_keys]
-    gt_crowd = [True] + [bool(gt_table[k].get("iscrowd", 0)) for k in gt_keys]
-    pred_cat = [None] + [int(pred_table[k]["category_id"]) for k in pred_keys]
-    gt_matched = [False] * len(gt_cat)
-    pred_matched = [False] * len(pred_cat)
-    # Pixels of each prediction on crowd regions of its own category (panopticapi keeps one
-    # crowd segment per category, as COCO has; we sum them all, which agrees there).
-    pred_crowd = [0] * len(pred_cat)
-    stat = PQStat()
-    for i, j, inter in overlaps:
-        cat = gt_cat[i]
-        if cat != pred_cat[j]:
-            continue
-        if gt_crowd[i]:
-            pred_crowd[j] += inter
-            continue
-        iou = inter / max(gt_area[i] + pred_area[j] - inter - pred_void[j], 1)
-        if iou > 0.5:  # unique: IoU > 0.5 with two segments would need more than 100%
-            s = stat[cat]
-            s.tp += 1
-            s.iou += iou
-            gt_matched[i] = pred_matched[j] = True
-    for i in range(1, len(gt_cat)):
-        if not gt_matched[i] and not gt_crowd[i]:
-            stat[gt_cat[i]].fn += 1
-    # An unmatched prediction mostly on void or on crowd of its category is ignored.
-    for j in range(1, len(pred_cat)):
-        if not pred_matched[j] and not (pred_void[j] + pred_crowd[j]) / pred_area[j] > 0.5:
-            stat[pred_cat[j]].fp += 1
-    return stat
-
-
 _LOW24 = np.uint32(OFFSET - 1)
+# (image name for errors, GT segments, predicted segments)
+ImageSegments = Tuple[str, Sequence[Mapping], Sequence[Mapping]]
 
 
-def _rank(values: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-    """2i+1 for a value equal to the i-th of [void, *keys] (sorted), an even number for any
-    other value: one searchsorted finds both the row and the unknown ids."""
-    bounds = [VOID, VOID + 1]
-    for k in keys:
-        bounds += (k, k + 1)
-    # uint32 words search uint32 bounds (ids + 1 <= 2^24) without a cast
-    dtype = np.uint32 if values.dtype == np.uint32 else np.int64
-    return np.array(bounds, dtype=dtype).searchsorted(values, side="right")
+@dataclass
+class PQScores:
+    """What images contribute to PQ, kept as arrays in image order: the category and IoU of
+    every true positive, the category of every false positive and false negative.
+    :meth:`to_stat` sums the IoUs in that order, so any split of the images into batches,
+    chunks or worker processes gives bit-identical sums."""
 
+    tp_cat: np.ndarray
+    tp_iou: np.ndarray
+    fp_cat: np.ndarray
+    fn_cat: np.ndarray
 
-def _check_ids(bad: bool, values, keys, areas, image_name: str, what: str) -> None:
-    """PNG and JSON must list the same segments."""
-    if bad:
-        unknown = values[_rank(values, keys) % 2 == 0]
-        not_in_json = sorted(int(i) for i in np.unique(unknown))
-        raise PanopticInputError(
-            f"{image_name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
+    @classmethod
+    def concatenate(cls, parts: Sequence["PQScores"]) -> "PQScores":
+        if not parts:
+            none = np.zeros(0, dtype=np.int64)
+            return cls(none, np.zeros(0), none, none)
+        fields = ("tp_cat", "tp_iou", "fp_cat", "fn_cat")
+        return cls(*(np.concatenate([getattr(s, f) for s in parts]) for f in fields))
+
+    def to_stat(self) -> PQStat:
+        cats, inv = np.unique(
+            np.concatenate([self.tp_cat, self.fp_cat, self.fn_cat]), return_inverse=True
         )
-    not_in_png = [k for k, a in zip(keys, areas[1:]) if a == 0]
-    if not_in_png:
-        raise PanopticInputError(
-            f"{image_name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
+        k, n_tp, n_fp = len(cats), len(self.tp_cat), len(self.fp_cat)
+        iou = np.bincount(inv[:n_tp], weights=self.tp_iou, minlength=k)  # sequential sums
+        tp = np.bincount(inv[:n_tp], minlength=k)
+        fp = np.bincount(inv[n_tp : n_tp + n_fp], minlength=k)
+        fn = np.bincount(inv[n_tp + n_fp :], minlength=k)
+        stat = PQStat()
+        for row in zip(cats.tolist(), iou.tolist(), tp.tolist(), fp.tolist(), fn.tolist()):
+            stat[row[0]] = PQStatCat(*row[1:])
+        return stat
+
+
+class PQBatch:
+    """Scores a batch of images in three steps: the segment lists of all of them are parsed
+    and checked together; each image's pixels are reduced to its overlaps as soon as they are
+    read (:meth:`add`); :meth:`scores` matches the whole batch at once. Per image there is one
+    pass over the pixels and a dozen numpy calls on small arrays, so numpy's per-call cost is
+    not paid for every segment and every pair.
+
+    Args:
+        images: (name for errors, GT segments, predicted segments) of each image, segments
+            being dicts with ``id``, ``category_id`` and, for GT, optional ``iscrowd``.
+        categories: category id -> dict (COCO panoptic ``categories``).
+        words: the id maps given to :meth:`add` are uint32 PNG words whose low 24 bits are
+            the ids (:func:`seg2.io.read_panoptic_words`); else int ids in [0, 2^24).
+    """
+
+    def __init__(
+        self, images: Sequence[ImageSegments], categories: Mapping[int, Mapping], words: bool
+    ):
+        self.images = list(images)
+        self.categories = categories
+        self.words = words
+        self.gt = _Segments(self.images, True, categories)
+        self.pred = _Segments(self.images, False, categories)
+        dtype = np.uint32 if words else np.int64  # searched without a cast
+        self._gt_bounds = self.gt.bounds(dtype)
+        self._pred_bounds = self.pred.bounds(dtype)
+        self._ncols = 2 * self.pred.count + 3
+        # Per image, plain ints: its slices of the bounds and the width of its overlap table.
+        self._tables = list(
+            zip(
+                (2 * self.gt.start).tolist(),
+                (2 * (self.gt.start + self.gt.count + 1)).tolist(),
+                (2 * self.pred.start).tolist(),
+                self._ncols.tolist(),
+            )
         )
+        n = len(self.images)
+        self._cells: List = [None] * n
+        self._areas: List = [None] * n
+        self._ids: List = [None] * n  # each image's run ids, for error messages only
+        self._change = self._scratch = None  # the pixel pass's buffers, kept across images
+
+    def add(self, k: int, gt_ids: np.ndarray, pred_ids: np.ndarray) -> None:
+        """The only pass over image ``k``'s pixels. Segments are spatially coherent, so the
+        pixels come in few runs of one (GT id, pred id) pair along the raster (~2% of the
+        pixels at 256 px): four vectorised passes find them, two searches in the image's
+        small sorted id tables rank them, one bincount sums them into its overlaps."""
+        _check_sizes(gt_ids, pred_ids, self.images[k][0])
+        g = gt_ids.ravel()
+        p = pred_ids.ravel()
+        n = g.size
+        if self._change is None or len(self._change) != n + 1:
+            self._change = np.empty(n + 1, dtype=bool)
+            self._change[0] = self._change[n] = True
+            self._scratch = np.empty(max(n - 1, 0), dtype=bool)
+        change = self._change
+        np.not_equal(g[1:], g[:-1], out=change[1:n])
+        np.not_equal(p[1:], p[:-1], out=self._scratch)
+        change[1:n] |= self._scratch
+        bounds = change.nonzero()[0]
+        starts = bounds[:-1]
+        gv = g.take(starts)
+        pv = p.take(starts)
+        if self.words:
+            np.bitwise_and(gv, _LOW24, out=gv)
+            np.bitwise_and(pv, _LOW24, out=pv)
+        g0, g1, p0, width = self._tables[k]
+        # Rank 2i+1: the i-th of the image's [void, sorted JSON ids]; even: an id it lacks.
+        cell = self._gt_bounds[g0:g1].searchsorted(gv, "right")
+        cell *= width
+        cell += self._pred_bounds[p0 : p0 + width - 1].searchsorted(pv, "right")
+        counts = np.bincount(cell, weights=np.diff(bounds))
+        self._cells[k] = counts.nonzero()[0]
+        self._areas[k] = counts.take(self._cells[k])
+        self._ids[k] = (gv, pv)
+
+    def scores(self) -> PQScores:
+        """PQ contributions of the batch; every image must have been added. Raises
+        :class:`PanopticInputError` for the first image whose PNG and JSON disagree."""
+        gt, pred = self.gt, self.pred
+        n_img = len(self.images)
+        if any(c is None for c in self._cells):
+            raise ValueError("PQBatch.scores: not every image was added")
+        if n_img == 0:
+            return PQScores.concatenate([])
+        # The overlaps of the batch, in (image, GT id, pred id) order, as panopticapi's pairs.
+        img = np.repeat(np.arange(n_img), [len(c) for c in self._cells])
+        row, col = np.divmod(np.concatenate(self._cells), self._ncols[img])
+        unknown = (row & col & 1) == 0
+        if unknown.any():  # ids the JSON lacks
+            self._raise(int(img[unknown].min()))
+        gi = gt.start[img] + (row >> 1)
+        pj = pred.start[img] + (col >> 1)
+        area = np.concatenate(self._areas)
+
+        gt_area = np.bincount(gi, weights=area, minlength=len(gt.cat))
+        pred_area = np.bincount(pj, weights=area, minlength=len(pred.cat))
+        missing = (gt_area == 0) & ~gt.void
+        missing_pred = (pred_area == 0) & ~pred.void
+        if missing.any() or missing_pred.any():  # ids the PNG lacks
+            first = gt.img[missing].min(initial=n_img), pred.img[missing_pred].min(initial=n_img)
+            self._raise(int(min(first)))
+
+        g_void = gt.void[gi]
+        p_void = pred.void[pj]
+        on_void = g_void & ~p_void
+        pred_void = np.bincount(pj[on_void], weights=area[on_void], minlength=len(pred.cat))
+        same = ~g_void & ~p_void
+        same &= gt.cat[gi] == pred.cat[pj]
+        crowd = same & gt.crowd[gi]
+        pred_crowd = np.bincount(pj[crowd], weights=area[crowd], minlength=len(pred.cat))
+        same &= ~gt.crowd[gi]
+        ci, cj, inter = gi[same], pj[same], area[same]
+        iou = inter / np.maximum(gt_area[ci] + pred_area[cj] - inter - pred_void[cj], 1)
+        match = iou > 0.5  # unique: IoU > 0.5 with two segments would need more than 100%
+        gt_matched = gt.void | gt.crowd
+        gt_matched[ci[match]] = True
+        pred_matched = pred.void.copy()
+        pred_matched[cj[match]] = True
+        # An unmatched prediction mostly on void or on crowd of its category is ignored.
+        fp = ~pred_matched
+        fp[fp] = (pred_void[fp] + pred_crowd[fp]) / pred_area[fp] <= 0.5
+        return PQScores(gt.cat[ci[match]], iou[match], pred.cat[fp], gt.cat[~gt_matched])
+
+    def _raise(self, k: int) -> None:
+        name, gt_segments, pred_segments = self.images[k]
+        _raise_image_error(name, gt_segments, pred_segments, *self._ids[k], self.categories)
+
+
+class _Segments:
+    """The GT or predicted segments of a batch of images as flat arrays sorted by (image, id),
+    each image's void (id 0) first: ``start[k]`` is image k's void entry, ``count[k]`` its
+    number of segments. Checked for missing fields, duplicate or reserved ids, unknown
+    categories, and ids no 24-bit PNG can hold."""
+
+    def __init__(
+        self, images: Sequence[ImageSegments], is_gt: bool, categories: Mapping[int, Mapping]
+    ):
+        lists = [im[1] if is_gt else im[2] for im in images]
+        self.what = "ground-truth" if is_gt else "predicted"
+        parsed = self._fast(lists, is_gt, categories)
+        if parsed is None:  # odd types or an error: per image, with the error messages
+            parsed = self._slow(lists, images, categories)
+        count, ids, cats, crowd = parsed
+        n_img = len(images)
+        seg_img = np.repeat(np.arange(n_img), count)
+        bad = (ids < 1) | (ids >= OFFSET)
+        if bad.any():
+            name, gs, ps = images[int(seg_img[bad].min())]
+            _raise_image_error(name, gs, ps, None, None, categories)
+        self.count = count
+        self.start = np.zeros(n_img, dtype=np.int64)
+        np.cumsum(count[:-1] + 1, out=self.start[1:])
+        keys = np.concatenate([np.arange(n_img) * OFFSET, seg_img * OFFSET + ids])
+        order = np.argsort(keys, kind="stable")
+        self.img = np.concatenate([np.arange(n_img), seg_img])[order]
+        self.ids = keys[order] - self.img * OFFSET
+        self.void = self.ids == VOID
+        self.cat = np.concatenate([np.full(n_img, -1, np.int64), cats])[order]
+        self.crowd = np.concatenate([np.ones(n_img, bool), crowd])[order]
+
+    def bounds(self, dtype) -> np.ndarray:
+        """[id, id + 1] per entry: searching a run's id among an image's bounds gives 2i+1
+        for the image's i-th entry and an even number for an id it does not list."""
+        out = np.empty(2 * len(self.ids), dtype=dtype)
+        out[0::2] = self.ids
+        out[1::2] = self.ids + 1
+        return out
+
+    @staticmethod
+    def _fast(lists, is_gt, categories):
+        flat = list(itertools.chain.from_iterable(lists))
+        n = len(flat)
+        try:
+            ids = np.fromiter(map(_ID, flat), np.int64, n)
+            cats = np.fromiter(map(_CATEGORY, flat), np.int64, n)
+            crowd = np.fromiter(map(_ISCROWD, flat), bool, n) if is_gt else np.zeros(n, bool)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        known = np.array(sorted(categories), dtype=np.int64)
+        if n and not len(known):
+            return None
+        found = known.searchsorted(cats)
+        np.minimum(found, len(known) - 1, out=found)
+        if (ids == VOID).any() or (known[found] != cats).any():
+            return None
+        count = np.fromiter(map(len, lists), np.int64, len(lists))
+        seg_img = np.repeat(np.arange(len(lists)), count)
+        order = np.lexsort((ids, seg_img))
+        if (np.diff(ids[order]) == 0)[np.diff(seg_img[order]) == 0].any():  # duplicate ids
+            return None
+        return count, ids, cats, crowd
+
+    def _slow(self, lists, images, categories):
+        ids, cats, crowd = [], [], []
+        for segs, im in zip(lists, images):
+            table = _segment_table(segs, categories, im[0], self.what)
+            ids += table
+            cats += (int(s["category_id"]) for s in table.values())
+            crowd += (bool(s.get("iscrowd", 0)) for s in table.values())
+        count = np.array([len(segs) for segs in lists], dtype=np.int64)
+        return count, np.array(ids, np.int64), np.array(cats, np.int64), np.array(crowd, bool)
+
+
+_ID = operator.itemgetter("id")
+_CATEGORY = operator.itemgetter("category_id")
+_ISCROWD = operator.methodcaller("get", "iscrowd", 0)
+
+
+def _raise_image_error(name, gt_segments, pred_segments, gt_ids, pred_ids, categories) -> None:
+    """The first error of one image, with a message naming it, the side and the ids.
+    ``gt_ids``/``pred_ids``: the ids on the image's runs, or None before its PNGs were read
+    (then only ids no 24-bit PNG can hold are known to be missing from it)."""
+    for segs, values, what in (
+        (gt_segments, gt_ids, "ground-truth"),
+        (pred_segments, pred_ids, "predicted"),
+    ):
+        keys = set(_segment_table(segs, categories, name, what))
+        if values is None:
+            present = set()
+            not_in_png = sorted(k for k in keys if not 0 < k < OFFSET)
+        else:
+            present = set(np.unique(values).tolist()) - {VOID}
+            not_in_png = sorted(keys - present)
+        not_in_json = sorted(present - keys)
+        if not_in_json:
+            raise PanopticInputError(
+                f"{name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
+            )
+        if not_in_png:
+            raise PanopticInputError(
+                f"{name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
+            )
+    raise AssertionError(f"{name}: an error was detected but not found again")

@@ -1,7 +1,7 @@
 """PQ of COCO panoptic files (PNG + JSON), ground truth against predictions: reading and
-checking the files, then :func:`seg2.evaluation.pq.pq_compute_words` per image with a worker
-pool over images (results bit-identical for any worker count)."""
-import itertools
+checking the files, then scoring them by batches of images
+(:class:`seg2.evaluation.pq.PQBatch`) with a worker pool over images (results bit-identical
+for any worker count)."""
 import logging
 import math
 import multiprocessing
@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..io import InputError, read_json, read_panoptic_words
-from .pq import PQStat, pq_compute_words
+from .pq import PQBatch, PQScores
 from .pq_summary import pq_results
 
 __all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files"]
@@ -42,15 +42,20 @@ def _read_ids(path: str, image_name: str) -> np.ndarray:
 _Task = Tuple[str, str, List[Dict], str, List[Dict]]
 
 
-def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> List[PQStat]:
-    stats = []
-    for image_name, gt_png, gt_segs, pred_png, pred_segs in tasks:
-        gt_ids = _read_ids(gt_png, image_name)
-        pred_ids = _read_ids(pred_png, image_name)
-        stats.append(
-            pq_compute_words(gt_ids, gt_segs, pred_ids, pred_segs, categories, image_name)
-        )
-    return stats
+# Images are scored in batches: large enough to pay numpy's per-call cost once per many
+# images, small enough to bound what is kept per image (its run ids, for error messages).
+_BATCH_IMAGES = 256
+
+
+def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> PQScores:
+    scores = []
+    for b in range(0, len(tasks), _BATCH_IMAGES):
+        part = tasks[b : b + _BATCH_IMAGES]
+        batch = PQBatch([(t[0], t[2], t[4]) for t in part], categories, words=True)
+        for k, (image_name, gt_png, _, pred_png, _) in enumerate(part):
+            batch.add(k, _read_ids(gt_png, image_name), _read_ids(pred_png, image_name))
+        scores.append(batch.scores())
+    return PQScores.concatenate(scores)
 
 
 def panoptic_categories(gt: Dict, gt_json: str) -> Dict[int, Dict]:
@@ -156,18 +161,16 @@ def pq_compute_files(
         num_workers = os.cpu_count() or 1
     num_workers = max(1, min(num_workers, len(tasks)))
     if num_workers == 1:
-        per_image = _compute_chunk(tasks, categories)
+        scores = _compute_chunk(tasks, categories)
     else:
         # A few chunks per worker balance uneven image sizes with little IPC.
         size = math.ceil(len(tasks) / (4 * num_workers))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         with multiprocessing.Pool(processes=num_workers) as pool:
-            per_image = list(
-                itertools.chain(*pool.map(partial(_compute_chunk, categories=categories), chunks))
+            scores = PQScores.concatenate(
+                pool.map(partial(_compute_chunk, categories=categories), chunks)
             )
     # Summed in image order, so the float sums are bit-identical for any num_workers.
-    stat = PQStat()
-    for s in per_image:
-        stat += s
+    stat = scores.to_stat()
     logger.info(f"PQ computed over {len(tasks)} images with {num_workers} worker(s)")
     return pq_results(stat, categories)

@@ -420,9 +420,10 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     column is the evaluator's speed as a share of the decode-only speed (1 = no cost beyond
     decoding); both are timed in turns, best of ``repeats``. The note splits the evaluator's
     time per image: decoding (the floor; with ``read_panoptic_words``' checks) and matching
-    (``pq_compute_words`` on maps read beforehand). There is no id conversion left to time:
-    the matcher masks the words' high byte on the runs it finds."""
-    from seg2.evaluation.pq import pq_compute_words
+    (a ``PQBatch`` over all images, on maps read beforehand, so out of cache: in the evaluator
+    each map is matched right after it is decoded). There is no id conversion to time: the
+    matcher masks the words' high byte on the runs it finds."""
+    from seg2.evaluation.pq import PQBatch
     from seg2.io import read_panoptic_words
 
     with open(pred_json) as f:
@@ -468,8 +469,10 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     maps = [(read_panoptic_words(g), read_panoptic_words(p)) for g, _, p, _ in pairs]
 
     def match():
-        for (g_ids, p_ids), (_, g_segs, _, p_segs) in zip(maps, pairs):
-            pq_compute_words(g_ids, g_segs, p_ids, p_segs, categories)
+        batch = PQBatch([(g, g_segs, p_segs) for g, g_segs, _, p_segs in pairs], categories, True)
+        for k, (g_ids, p_ids) in enumerate(maps):
+            batch.add(k, g_ids, p_ids)
+        batch.scores()
 
     t_match, _ = _best_time(match, repeats)
     n = len(pairs)
