@@ -51,7 +51,7 @@ class InputError(ValueError):
 
 def read_json(path: str, what: str = "JSON") -> Any:
     """Parse a JSON file; a missing, non-UTF-8 or malformed file raises InputError naming it.
-    orjson parses when installed (3x faster on COCO-size files); the standard parser takes
+    orjson parses when installed (2-3x faster); the standard parser takes
     over for what orjson refuses (NaN, huge integers) and for the error's line and column."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what} file not found")
