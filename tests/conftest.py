@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
@@ -11,3 +13,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 _TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 if _TOOLS not in sys.path:
     sys.path.insert(0, _TOOLS)
+
+# Every temporary folder of the session (the tests' and their subprocesses') goes into one,
+# removed when the session ends: some tests write hundreds of MB (a resumed training run).
+_SESSION_TMP = tempfile.mkdtemp(prefix="seg2-tests-")
+tempfile.tempdir = os.environ["TMPDIR"] = _SESSION_TMP
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)

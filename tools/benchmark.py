@@ -15,9 +15,11 @@ Trailing ``KEY VALUE`` pairs (after ``--`` when they follow ``--variants``) over
 head variant's config.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from typing import List, Optional, Sequence
 
 from detectron2.utils.logger import setup_logger
@@ -166,15 +168,33 @@ def main(argv: Optional[Sequence[str]] = None) -> List:
     setup_logger(name="seg2")
     setup_logger(name="detectron2")
     logging.getLogger("seg2").setLevel(logging.INFO)
-    if args.command == "heads":
-        return run_heads(args, args.output)
-    if args.command == "evaluators":
-        return run_evaluators(args, args.output)
-    if args.command == "models":
-        return run_models(args, args.output)
-    return run_evaluators(args, os.path.join(args.output, "evaluators")) + run_heads(
-        args, os.path.join(args.output, "heads")
-    )
+    with _scratch():
+        if args.command == "heads":
+            return run_heads(args, args.output)
+        if args.command == "evaluators":
+            return run_evaluators(args, args.output)
+        if args.command == "models":
+            return run_models(args, args.output)
+        return run_evaluators(args, os.path.join(args.output, "evaluators")) + run_heads(
+            args, os.path.join(args.output, "heads")
+        )
+
+
+@contextlib.contextmanager
+def _scratch():
+    """Generated data, predictions and children's files go to one temporary folder, removed
+    at the end (a 100-image evaluator run writes ~30 MB; the load benchmark much more)."""
+    old_tempdir, old_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="seg2-bench-") as folder:
+        tempfile.tempdir = os.environ["TMPDIR"] = folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = old_tempdir
+            if old_env is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = old_env
 
 
 if __name__ == "__main__":
