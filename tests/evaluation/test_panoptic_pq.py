@@ -10,6 +10,7 @@ import tempfile
 import unittest
 import uuid
 from collections import OrderedDict
+from unittest import mock
 
 import numpy as np
 import torch
@@ -546,6 +547,34 @@ class TestFiles(unittest.TestCase):
         images = [(f"{k}.png",) + random_image(rng) for k in range(8)]
         files = write_case(self.root, images)
         same(pq_compute_files(*files, num_workers=2), pq_compute_files(*files, num_workers=0))
+
+    def test_batches_of_any_size_give_the_same_figures(self):
+        """Images are scored by batches (PQBatch); the figures must not depend on where the
+        batches split, and must equal the independent per-pixel loop reference."""
+        from seg2.evaluation import pq_files
+
+        rng = np.random.default_rng(6)
+        images = [random_image(rng) for _ in range(10)]
+        files = write_case(self.root, [(f"{k}.png",) + im for k, im in enumerate(images)])
+        results = []
+        for size in (1, 3, 256):
+            with mock.patch.object(pq_files, "_BATCH_IMAGES", size):
+                results.append(pq_compute_files(*files, num_workers=0))
+        same(results[0], results[1])
+        same(results[0], results[2])
+        expected, _ = reference_pq(images, CATS)
+        for k, v in expected.items():
+            self.assertAlmostEqual(results[0][k], v, places=9, msg=k)
+
+    def test_error_names_the_image_of_the_batch_at_fault(self):
+        rng = np.random.default_rng(7)
+        images = [[f"{k}.png", *random_image(rng)] for k in range(4)]
+        images[2][3] = images[2][3].copy()
+        images[2][3][0, 0] = 4242  # a predicted id the JSON lacks, in the third image
+        self._expect(images, "2.png", "[4242] are in the PNG but not in the JSON")
+        images = [[f"{k}.png", *random_image(rng)] for k in range(4)]
+        images[3][2] = images[3][2] + [seg(4243, 1)]  # a GT id the PNG lacks, in the last
+        self._expect(images, "3.png", "ground-truth segment id(s) [4243] are in the JSON but not")
 
     def _expect(self, images, *patterns, workers=0):
         files = write_case(self.root, images)
