@@ -60,9 +60,13 @@ def pq_average(
 def _note_missing_ground_truth(stat: PQStat, categories: Mapping[int, Mapping]) -> None:
     """Say which categories have no ground-truth segment: their PQ is NaN without
     predictions, 0 with (false positives only), never silently."""
-    empty = [c for c in categories if stat.pq_per_cat.get(c, PQStatCat()).tp + stat.pq_per_cat.get(c, PQStatCat()).fn == 0]
+    gt_segments = {c: s.tp + s.fn for c, s in stat.pq_per_cat.items()}
+    empty = [c for c in categories if not gt_segments.get(c)]
     if len(empty) == len(categories):
-        logger.warning("PQ: the ground truth has no segment of any category; PQ is NaN (0 for categories with predictions)")
+        logger.warning(
+            "PQ: the ground truth has no segment of any category; "
+            "PQ is NaN (0 for categories with predictions)"
+        )
     elif empty:
         logger.warning(
             f"PQ: {len(empty)} of {len(categories)} categories have no ground-truth segment "
