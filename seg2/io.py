@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, List, Optional, Tuple
+from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -72,16 +72,30 @@ def read_json(path: str, what: str = "JSON") -> Any:
         raise InputError(f"{path}: {what} is not UTF-8 text ({e.reason})") from None
 
 
-def open_image(path: str, what: str = "image") -> Image.Image:
+def _image_error(path: str, what: str, formats: Optional[Sequence[str]], e: Exception):
+    """PIL's many error types (UnidentifiedImageError, OSError, SyntaxError, ValueError) as
+    one :class:`InputError` naming the file."""
+    if isinstance(e, InputError):
+        return e
+    if isinstance(e, FileNotFoundError):
+        return InputError(f"{path}: {what} file not found")
+    if isinstance(e, Image.UnidentifiedImageError):
+        kind = f"a {' or '.join(formats)} file" if formats else "an image format PIL reads"
+        return InputError(f"{path}: unreadable {what} (not {kind})")
+    return InputError(f"{path}: unreadable {what} ({type(e).__name__}: {e})")
+
+
+def open_image(path: str, what: str = "image", formats: Optional[Sequence[str]] = None):
     """Open and fully decode an image file (a truncated or corrupt payload fails here, not
-    as a half-black image later); errors name the file."""
+    as a half-black image later); errors name the file. ``formats``: the PIL formats
+    accepted (default: any). The file is opened here, not by PIL, which would resolve the
+    path's links first (a ``stat`` per folder of the path, per image)."""
     try:
-        img = Image.open(path)
-        img.load()
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} file not found") from None
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
-        raise InputError(f"{path}: unreadable {what} ({type(e).__name__}: {e})") from None
+        with open(path, "rb") as f:
+            img = Image.open(f, formats=formats)
+            img.load()
+    except Exception as e:
+        raise _image_error(path, what, formats, e) from None
     return img
 
 
@@ -290,18 +304,50 @@ def read_panoptic_png(path: str, what: str = "panoptic") -> np.ndarray:
     return (read_panoptic_words(path, what) & 0xFFFFFF).astype(np.int64)
 
 
-def read_panoptic_words(path: str, what: str = "panoptic") -> np.ndarray:
-    """A COCO panoptic PNG as read-only (H, W) uint32 words whose low 24 bits are the segment
-    ids; the high byte is padding or alpha, to be ignored. One copy of PIL's 4-byte pixels,
-    cheaper than ``np.asarray`` of the RGB bytes, for the PQ evaluator's hot loop."""
-    img = open_image(path, f"{what} PNG")
-    if img.mode not in ("RGB", "RGBA"):
-        raise InputError(
-            f"{path}: {what} PNG has mode {img.mode}; COCO panoptic PNGs are RGB "
-            "(id = R + 256 G + 256^2 B)"
-        )
-    raw = img.tobytes("raw", "RGBX" if img.mode == "RGB" else "RGBA")
-    return np.frombuffer(raw, dtype="<u4").reshape(img.height, img.width)
+def read_panoptic_words(
+    path: str, what: str = "panoptic", out: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """A COCO panoptic PNG as (H, W) uint32 words whose low 24 bits are the segment ids and
+    whose high byte is 0xFF (PIL's padding of RGB pixels; an RGBA PNG's alpha is
+    overwritten), for the PQ evaluator's hot loop, which searches ``id | 0xFF000000``.
+
+    PIL decodes straight into the returned array (its memory mapped as the image's), so
+    there is no copy; and into ``out`` when it is a writable C-contiguous ``<u4`` array of
+    the PNG's size (else a new array is returned): a caller reading many PNGs of one size
+    reuses one array, sparing the fresh memory's page faults, which cost as much as a third
+    of decoding a 256 px panoptic PNG. Written for few Python steps: at 256 px each
+    microsecond here is 0.1% of the PQ evaluator's time."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f, formats=_PNG)
+            mode = img.mode
+            if mode != "RGB" and mode != "RGBA":
+                raise InputError(
+                    f"{path}: {what} PNG has mode {mode}; COCO panoptic PNGs are RGB "
+                    "(id = R + 256 G + 256^2 B)"
+                )
+            width, height = size = img.size
+            if out is None or out.shape != (height, width) or not _is_words(out):
+                out = np.empty((height, width), dtype=_WORD)
+            mapped = Image.core.map_buffer(out, size, "raw", 0, (mode, 0, 1))
+            img.im = mapped
+            img.load()
+            if img.im is not mapped:  # a PIL that decodes into memory of its own: copy
+                raw = img.tobytes("raw", "RGBX" if mode == "RGB" else "RGBA")
+                out[...] = np.frombuffer(raw, dtype=_WORD).reshape(height, width)
+    except Exception as e:
+        raise _image_error(path, f"{what} PNG", _PNG, e) from None
+    if mode == "RGBA":
+        np.bitwise_or(out, np.uint32(0xFF000000), out=out)
+    return out
+
+
+_PNG = ("PNG",)
+_WORD = np.dtype("<u4")
+
+
+def _is_words(out: np.ndarray) -> bool:
+    return out.dtype == _WORD and out.flags.carray  # C-contiguous, aligned, writable
 
 
 @contextlib.contextmanager

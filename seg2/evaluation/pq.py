@@ -142,11 +142,12 @@ def pq_compute_words(
     categories: Mapping[int, Mapping],
     image_name: str = "<image>",
 ) -> PQStat:
-    """:func:`pq_compute_single` on (H, W) uint32 words whose low 24 bits are the ids (as
-    :func:`seg2.io.read_panoptic_words` returns them): no int64 conversion, and no range check,
-    since 24-bit ids are always in range."""
+    """:func:`pq_compute_single` on (H, W) uint32 words whose low 24 bits are the ids, the
+    high byte being anything (as :func:`seg2.io.read_panoptic_words` returns them): no int64
+    conversion, and no range check, since 24-bit ids are always in range."""
     batch = PQBatch([(image_name, gt_segments, pred_segments)], categories, words=True)
-    batch.add(0, gt_words, pred_words)
+    high = np.uint32(_HIGH)
+    batch.add(0, np.asarray(gt_words, np.uint32) | high, np.asarray(pred_words, np.uint32) | high)
     return batch.scores().to_stat()
 
 
@@ -159,6 +160,7 @@ def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> N
 
 
 _LOW24 = np.uint32(OFFSET - 1)
+_HIGH = 0xFF000000  # the high byte of the 4-byte pixels PIL gives for RGB images
 
 
 @dataclass
@@ -208,7 +210,8 @@ class PQBatch:
             being dicts with ``id``, ``category_id`` and, for GT, optional ``iscrowd``.
         categories: category id -> dict (COCO panoptic ``categories``).
         words: the id maps given to :meth:`add` are uint32 PNG words whose low 24 bits are
-            the ids (:func:`seg2.io.read_panoptic_words`); else int ids in [0, 2^24).
+            the ids and whose high byte is 0xFF (:func:`seg2.io.read_panoptic_words`); else
+            int ids in [0, 2^24).
     """
 
     def __init__(
@@ -219,58 +222,70 @@ class PQBatch:
         self.words = words
         self.gt = Segments(self.images, True, categories)
         self.pred = Segments(self.images, False, categories)
-        dtype = np.uint32 if words else np.int64  # searched without a cast
-        self._gt_bounds = self.gt.bounds(dtype)
-        self._pred_bounds = self.pred.bounds(dtype)
-        self._ncols = 2 * self.pred.count + 3
-        # Per image, plain ints: its slices of the bounds and the width of its overlap table.
-        self._tables = list(
-            zip(
-                (2 * self.gt.start).tolist(),
-                (2 * (self.gt.start + self.gt.count + 1)).tolist(),
-                (2 * self.pred.start).tolist(),
-                self._ncols.tolist(),
+        self._tables = [
+            (gt_tab, pred_tab, int(width))
+            for gt_tab, pred_tab, width in zip(
+                self._split(self.gt), self._split(self.pred), 2 * self.pred.count + 3
             )
-        )
+        ]
+        self._ncols = 2 * self.pred.count + 3
         n = len(self.images)
         self._cells: List = [None] * n
         self._areas: List = [None] * n
         self._ids: List = [None] * n  # each image's run ids, for error messages only
-        self._change = self._scratch = None  # the pixel pass's buffers, kept across images
+        self._n = -1  # pixels per image the pass buffers below are sized for
+        self._change = self._inner = self._scratch = None
+
+    def _split(self, segs: Segments) -> List[np.ndarray]:
+        """Each image's search table: ``[id - 1, id]`` for its void and sorted JSON ids, in
+        the maps' dtype (uint32 words carry 0xFF in their high byte, so their ids are searched
+        as ``id | 0xFF000000``: no mask over the runs). Searching a run's id (left side) gives
+        2i+1 for the image's i-th entry and an even rank for an id it does not list."""
+        ids = segs.ids + _HIGH if self.words else segs.ids
+        table = np.empty(2 * len(ids), dtype=np.uint32 if self.words else np.int64)
+        table[0::2] = ids - 1
+        table[1::2] = ids
+        ends = (2 * (segs.start + segs.count + 1)).tolist()
+        return [table[a:b] for a, b in zip([0] + ends, ends)]
 
     def add(self, k: int, gt_ids: np.ndarray, pred_ids: np.ndarray) -> None:
         """The only pass over image ``k``'s pixels. Segments are spatially coherent, so the
         pixels come in few runs of one (GT id, pred id) pair along the raster (~2% of the
-        pixels at 256 px): four vectorised passes find them, two searches in the image's
-        small sorted id tables rank them, one bincount sums them into its overlaps."""
-        _check_sizes(gt_ids, pred_ids, self.images[k][0])
-        g = gt_ids.ravel()
-        p = pred_ids.ravel()
-        n = g.size
-        if self._change is None or len(self._change) != n + 1:
-            self._change = np.empty(n + 1, dtype=bool)
-            self._change[0] = self._change[n] = True
-            self._scratch = np.empty(max(n - 1, 0), dtype=bool)
-        change = self._change
-        np.not_equal(g[1:], g[:-1], out=change[1:n])
-        np.not_equal(p[1:], p[:-1], out=self._scratch)
-        change[1:n] |= self._scratch
-        bounds = change.nonzero()[0]
+        pixels at 256 px): three vectorised passes find them, two searches in the image's
+        small sorted id tables rank them, one bincount sums them into its overlaps. Written
+        for few numpy calls: at 256 px their fixed cost is a third of the image's matching."""
+        if gt_ids.shape != pred_ids.shape:
+            _check_sizes(gt_ids, pred_ids, self.images[k][0])
+        g = gt_ids.reshape(-1)
+        p = pred_ids.reshape(-1)
+        if g.size != self._n:
+            self._alloc(g.size)
+        inner = self._inner
+        scratch = self._scratch
+        np.not_equal(g[1:], g[:-1], out=inner)
+        np.not_equal(p[1:], p[:-1], out=scratch)
+        inner |= scratch
+        bounds = self._change.nonzero()[0]
         starts = bounds[:-1]
         gv = g.take(starts)
         pv = p.take(starts)
-        if self.words:
-            np.bitwise_and(gv, _LOW24, out=gv)
-            np.bitwise_and(pv, _LOW24, out=pv)
-        g0, g1, p0, width = self._tables[k]
-        # Rank 2i+1: the i-th of the image's [void, sorted JSON ids]; even: an id it lacks.
-        cell = self._gt_bounds[g0:g1].searchsorted(gv, "right")
+        gt_tab, pred_tab, width = self._tables[k]
+        cell = gt_tab.searchsorted(gv)
         cell *= width
-        cell += self._pred_bounds[p0 : p0 + width - 1].searchsorted(pv, "right")
-        counts = np.bincount(cell, weights=np.diff(bounds))
-        self._cells[k] = counts.nonzero()[0]
-        self._areas[k] = counts.take(self._cells[k])
+        cell += pred_tab.searchsorted(pv)
+        counts = np.bincount(cell, weights=bounds[1:] - starts)
+        cells = counts.nonzero()[0]
+        self._cells[k] = cells
+        self._areas[k] = counts[cells]
         self._ids[k] = (gv, pv)
+
+    def _alloc(self, n: int) -> None:
+        """The pixel pass's buffers, kept across images of one size: ``change[i]`` is whether
+        pixel i starts a run (first and one-past-last always do)."""
+        self._n = n
+        self._change = np.ones(n + 1, dtype=bool)
+        self._inner = self._change[1:n]
+        self._scratch = np.empty(max(n - 1, 0), dtype=bool)
 
     def scores(self) -> PQScores:
         """PQ contributions of the batch; every image must have been added. Raises
@@ -322,4 +337,7 @@ class PQBatch:
 
     def _raise(self, k: int) -> None:
         name, gt_segments, pred_segments = self.images[k]
-        raise_image_error(name, gt_segments, pred_segments, *self._ids[k], self.categories)
+        ids = self._ids[k]
+        if self.words:
+            ids = [v & _LOW24 for v in ids]
+        raise_image_error(name, gt_segments, pred_segments, *ids, self.categories)

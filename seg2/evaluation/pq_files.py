@@ -21,8 +21,6 @@ __all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files"]
 logger = logging.getLogger(__name__)
 
 
-
-
 def load_panoptic_json(path: str, what: str) -> Dict:
     """A COCO panoptic JSON (ground truth or predictions) with an ``annotations`` list."""
     data = read_json(path, f"{what} JSON")
@@ -31,9 +29,9 @@ def load_panoptic_json(path: str, what: str) -> Dict:
     return data
 
 
-def _read_ids(path: str, image_name: str) -> np.ndarray:
+def _read_ids(path: str, image_name: str, out: Optional[np.ndarray]) -> np.ndarray:
     try:
-        return read_panoptic_words(path)
+        return read_panoptic_words(path, out=out)
     except InputError as e:
         raise InputError(f"{image_name}: {e}") from None
 
@@ -49,11 +47,15 @@ _BATCH_IMAGES = 256
 
 def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> PQScores:
     scores = []
+    gt_ids = pred_ids = None
     for b in range(0, len(tasks), _BATCH_IMAGES):
         part = tasks[b : b + _BATCH_IMAGES]
         batch = PQBatch([(t[0], t[2], t[4]) for t in part], categories, words=True)
         for k, (image_name, gt_png, _, pred_png, _) in enumerate(part):
-            batch.add(k, _read_ids(gt_png, image_name), _read_ids(pred_png, image_name))
+            # Decoded into the previous image's arrays when sizes agree (no fresh memory).
+            gt_ids = _read_ids(gt_png, image_name, gt_ids)
+            pred_ids = _read_ids(pred_png, image_name, pred_ids)
+            batch.add(k, gt_ids, pred_ids)
         scores.append(batch.scores())
     return PQScores.concatenate(scores)
 

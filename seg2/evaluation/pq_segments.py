@@ -53,14 +53,6 @@ class Segments:
         self.cat = np.concatenate([np.full(n_img, -1, np.int64), cats])[order]
         self.crowd = np.concatenate([np.ones(n_img, bool), crowd])[order]
 
-    def bounds(self, dtype) -> np.ndarray:
-        """[id, id + 1] per entry: searching a run's id among an image's bounds gives 2i+1
-        for the image's i-th entry and an even number for an id it does not list."""
-        out = np.empty(2 * len(self.ids), dtype=dtype)
-        out[0::2] = self.ids
-        out[1::2] = self.ids + 1
-        return out
-
     @staticmethod
     def _fast(lists, is_gt, categories):
         flat = list(itertools.chain.from_iterable(lists))

@@ -480,6 +480,80 @@ class TestWords(unittest.TestCase):
                 np.testing.assert_array_equal(ids, rgb2id(rgb))
                 self.assertGreaterEqual(ids.max(), 1 << 16)
 
+    def test_decoded_into_out_when_it_fits(self):
+        """PIL decodes into the caller's array when it can hold the PNG (reused across PNGs
+        of one size); any other array is left alone and a new one returned."""
+        from seg2.io import read_panoptic_words
+        from seg2.structures.panoptic import rgb2id
+
+        rng = np.random.default_rng(6)
+        rgb = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+        rgba = np.concatenate([rgb, rng.integers(0, 256, (9, 13, 1), dtype=np.uint8)], -1)
+        expected = rgb2id(rgb).astype(np.uint32) | np.uint32(0xFF000000)
+        with tempfile.TemporaryDirectory() as root:
+            for mode, pixels in (("RGB", rgb), ("RGBA", rgba)):
+                path = os.path.join(root, f"{mode}.png")
+                Image.fromarray(pixels, mode).save(path)
+                out = np.zeros((9, 13), "<u4")
+                self.assertIs(read_panoptic_words(path, out=out), out)
+                np.testing.assert_array_equal(out, expected)  # high byte 0xFF, alpha or not
+                for other in (
+                    np.zeros((13, 9), "<u4"),  # another size
+                    np.zeros((9, 13), np.int64),  # another dtype
+                    np.zeros((9, 26), "<u4")[:, ::2],  # not contiguous
+                    np.zeros((9, 13), "<u4").T.copy().T,  # Fortran order
+                ):
+                    before = other.copy()
+                    words = read_panoptic_words(path, out=other)
+                    self.assertIsNot(words, other)
+                    np.testing.assert_array_equal(words, expected)
+                    np.testing.assert_array_equal(other, before)
+                frozen = np.zeros((9, 13), "<u4")
+                frozen.flags.writeable = False
+                self.assertIsNot(read_panoptic_words(path, out=frozen), frozen)
+                self.assertFalse(frozen.any())
+
+    def test_copy_when_pil_decodes_into_its_own_memory(self):
+        """A PIL that ignores the mapped memory (allocates its own at load) still gives the
+        right words, copied into ``out``."""
+        from PIL import ImageFile
+
+        from seg2.io import read_panoptic_words
+        from seg2.structures.panoptic import rgb2id
+
+        rgb = np.random.default_rng(7).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+        def own_memory(self):
+            self.im = Image.core.new(self.mode, self.size)
+
+        with tempfile.TemporaryDirectory() as root:
+            path = os.path.join(root, "a.png")
+            Image.fromarray(rgb).save(path)
+            out = np.zeros((5, 7), "<u4")
+            with mock.patch.object(ImageFile.ImageFile, "load_prepare", own_memory):
+                self.assertIs(read_panoptic_words(path, out=out), out)
+            np.testing.assert_array_equal(out & 0xFFFFFF, rgb2id(rgb))
+            np.testing.assert_array_equal(out >> 24, 0xFF)
+
+    def test_unreadable_panoptic_pngs_are_named(self):
+        from seg2.io import InputError, read_panoptic_words
+
+        with tempfile.TemporaryDirectory() as root:
+            jpeg = os.path.join(root, "a.png")
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(jpeg, format="JPEG")
+            with self.assertRaisesRegex(InputError, r"a\.png: unreadable panoptic PNG \(not a PNG"):
+                read_panoptic_words(jpeg)
+            png = os.path.join(root, "b.png")
+            Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(png)
+            with open(png, "rb") as f:
+                data = f.read()
+            with open(png, "wb") as f:
+                f.write(data[: len(data) // 2])
+            with self.assertRaisesRegex(InputError, r"b\.png: unreadable panoptic PNG \("):
+                read_panoptic_words(png, out=np.zeros((64, 64), "<u4"))
+            with self.assertRaisesRegex(InputError, r"c\.png: panoptic PNG file not found"):
+                read_panoptic_words(os.path.join(root, "c.png"))
+
     def test_words_with_any_high_byte_equal_int64_ids(self):
         from seg2.evaluation.pq import pq_compute_words
 
@@ -550,11 +624,13 @@ class TestFiles(unittest.TestCase):
 
     def test_batches_of_any_size_give_the_same_figures(self):
         """Images are scored by batches (PQBatch); the figures must not depend on where the
-        batches split, and must equal the independent per-pixel loop reference."""
+        batches split, and must equal the independent per-pixel loop reference. Sizes vary
+        from image to image: each PNG is decoded into the previous one's array when it fits."""
         from seg2.evaluation import pq_files
 
         rng = np.random.default_rng(6)
-        images = [random_image(rng) for _ in range(10)]
+        shapes = [(24, 32), (24, 32), (30, 20), (24, 32), (20, 30), (20, 30)] + [(24, 32)] * 4
+        images = [random_image(rng, h, w) for h, w in shapes]
         files = write_case(self.root, [(f"{k}.png",) + im for k, im in enumerate(images)])
         results = []
         for size in (1, 3, 256):
