@@ -222,19 +222,15 @@ class PQBatch:
         self.words = words
         self.gt = Segments(self.images, True, categories)
         self.pred = Segments(self.images, False, categories)
-        self._tables = [
-            (gt_tab, pred_tab, int(width))
-            for gt_tab, pred_tab, width in zip(
-                self._split(self.gt), self._split(self.pred), 2 * self.pred.count + 3
-            )
-        ]
-        self._ncols = 2 * self.pred.count + 3
+        self._ncols = 2 * self.pred.count + 3  # per image: the width of its overlap table
+        self._tables = list(
+            zip(self._split(self.gt), self._split(self.pred), self._ncols.tolist())
+        )
         n = len(self.images)
         self._cells: List = [None] * n
         self._areas: List = [None] * n
         self._ids: List = [None] * n  # each image's run ids, for error messages only
-        self._n = -1  # pixels per image the pass buffers below are sized for
-        self._change = self._inner = self._scratch = None
+        self._change = self._scratch = None  # the pixel pass's buffers, kept across images
 
     def _split(self, segs: Segments) -> List[np.ndarray]:
         """Each image's search table: ``[id - 1, id]`` for its void and sorted JSON ids, in
@@ -258,9 +254,10 @@ class PQBatch:
             _check_sizes(gt_ids, pred_ids, self.images[k][0])
         g = gt_ids.reshape(-1)
         p = pred_ids.reshape(-1)
-        if g.size != self._n:
-            self._alloc(g.size)
-        inner = self._inner
+        n = g.size
+        if self._change is None or self._change.size != n + 1:
+            self._alloc(n)
+        inner = self._change[1:n]
         scratch = self._scratch
         np.not_equal(g[1:], g[:-1], out=inner)
         np.not_equal(p[1:], p[:-1], out=scratch)
@@ -282,9 +279,7 @@ class PQBatch:
     def _alloc(self, n: int) -> None:
         """The pixel pass's buffers, kept across images of one size: ``change[i]`` is whether
         pixel i starts a run (first and one-past-last always do)."""
-        self._n = n
         self._change = np.ones(n + 1, dtype=bool)
-        self._inner = self._change[1:n]
         self._scratch = np.empty(max(n - 1, 0), dtype=bool)
 
     def scores(self) -> PQScores:

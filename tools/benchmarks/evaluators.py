@@ -419,6 +419,8 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     reused numpy array per side (PIL's image memory mapped onto it, as ``read_panoptic_words``
     does: no copy, no fresh memory), loading into PIL's own memory then copying out the 4-byte
     pixels, or ``np.asarray`` of the RGB bytes; files are opened as the evaluator opens them.
+    The mapping is written out here rather than calling ``read_panoptic_words``, so that the
+    floor runs none of the evaluator's own code (its checks included).
     Its "speed-up" column is the evaluator's speed as a share of the decode-only speed (1 = no
     cost beyond decoding); all are timed in turns, best of ``repeats``. The note gives the
     options' times per image, the usual ``Image.open(path)`` + ``load`` + copy for
