@@ -11,10 +11,11 @@
   on crowd regions of its own category;
 * classes with no TP, FP or FN are left out of the means.
 
-The engine (:class:`PQBatch`) scores a batch of images: a few vectorised passes over each
-image's pixels find the runs of one (GT id, pred id) pair, two searches in the image's sorted id
-tables and one bincount turn them into its overlaps, and the matching is vectorised over the
-whole batch (the segment lists are parsed and checked in :mod:`seg2.evaluation.pq_segments`).
+The engine (:class:`PQBatch`) scores a batch of images: one pass over each image's pixels
+finds the runs of one (GT id, pred id) pair and sums them into the image's overlaps (compiled,
+``seg2._C.pq_overlaps``; a few numpy passes where seg2 was installed without a C compiler), and
+the matching is vectorised over the whole batch (the segment lists are parsed and checked in
+:mod:`seg2.evaluation.pq_segments`).
 Its output (:class:`PQScores`) keeps every image's contribution in image order, so sums do not
 depend on how images are split into batches or processes.
 :func:`pq_compute_single` scores one image's id maps, :func:`pq_compute_words` the PNGs' 4-byte
@@ -25,14 +26,22 @@ panoptic) and the Cityscapes panoptic scoring both call it. The accumulators bec
 figures and tables in :mod:`seg2.evaluation.pq_summary`.
 """
 
+import sys
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from ..io import InputError
 from ..structures.panoptic import OFFSET
 from .pq_segments import ImageSegments, Segments, raise_image_error
+
+try:  # built at install where a C compiler was found; the numpy path gives the same cells
+    from .._C import pq_isa, pq_overlaps as _kernel
+except ImportError:
+    _kernel = pq_isa = None
+if sys.byteorder != "little":  # the kernel reads the PNGs' little-endian words natively
+    _kernel = None
 
 # Kept as a name for callers that catch panoptic input errors specifically.
 PanopticInputError = InputError
@@ -43,9 +52,16 @@ __all__ = [
     "PQStat",
     "pq_compute_single",
     "pq_compute_words",
+    "pq_engine",
     "PQBatch",
     "PQScores",
 ]
+
+
+def pq_engine() -> str:
+    """What sums each image's overlaps in this process: ``"C (avx2)"`` (or sse2, scalar) when
+    ``seg2._C`` was built, else ``"numpy"`` (same figures, slower)."""
+    return f"C ({pq_isa()})" if _kernel is not None else "numpy"
 
 @dataclass
 class PQStatCat:
@@ -129,9 +145,8 @@ def pq_compute_single(
                 f"{image_name}: {what} segment ids must lie in [0, {OFFSET}), "
                 f"got [{ids.min()}, {ids.max()}]"
             )
-    batch = PQBatch([(image_name, gt_segments, pred_segments)], categories, words=False)
-    batch.add(0, gt_ids, pred_ids)
-    return batch.scores().to_stat()
+    # Ids that fit in 24 bits are words (with a high byte of 0).
+    return pq_compute_words(gt_ids, gt_segments, pred_ids, pred_segments, categories, image_name)
 
 
 def pq_compute_words(
@@ -145,10 +160,14 @@ def pq_compute_words(
     """:func:`pq_compute_single` on (H, W) uint32 words whose low 24 bits are the ids, the
     high byte being anything (as :func:`seg2.io.read_panoptic_words` returns them): no int64
     conversion, and no range check, since 24-bit ids are always in range."""
-    batch = PQBatch([(image_name, gt_segments, pred_segments)], categories, words=True)
-    high = np.uint32(_HIGH)
-    batch.add(0, np.asarray(gt_words, np.uint32) | high, np.asarray(pred_words, np.uint32) | high)
+    batch = PQBatch([(image_name, gt_segments, pred_segments)], categories)
+    batch.add(0, _as_words(gt_words), _as_words(pred_words))
     return batch.scores().to_stat()
+
+
+def _as_words(a) -> np.ndarray:
+    """C-contiguous uint32 words with the high byte PQBatch expects."""
+    return np.bitwise_or(np.asarray(a, dtype=np.uint32), np.uint32(_HIGH), order="C")
 
 
 def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> None:
@@ -202,24 +221,18 @@ class PQBatch:
     """Scores a batch of images in three steps: the segment lists of all of them are parsed
     and checked together; each image's pixels are reduced to its overlaps as soon as they are
     read (:meth:`add`); :meth:`scores` matches the whole batch at once. Per image there is one
-    pass over the pixels and a dozen numpy calls on small arrays, so numpy's per-call cost is
+    pass over the pixels and a few numpy calls on small arrays, so numpy's per-call cost is
     not paid for every segment and every pair.
 
     Args:
         images: (name for errors, GT segments, predicted segments) of each image, segments
             being dicts with ``id``, ``category_id`` and, for GT, optional ``iscrowd``.
         categories: category id -> dict (COCO panoptic ``categories``).
-        words: the id maps given to :meth:`add` are uint32 PNG words whose low 24 bits are
-            the ids and whose high byte is 0xFF (:func:`seg2.io.read_panoptic_words`); else
-            int ids in [0, 2^24).
     """
 
-    def __init__(
-        self, images: Sequence[ImageSegments], categories: Mapping[int, Mapping], words: bool
-    ):
+    def __init__(self, images: Sequence[ImageSegments], categories: Mapping[int, Mapping]):
         self.images = list(images)
         self.categories = categories
-        self.words = words
         self.gt = Segments(self.images, True, categories)
         self.pred = Segments(self.images, False, categories)
         self._ncols = 2 * self.pred.count + 3  # per image: the width of its overlap table
@@ -229,31 +242,57 @@ class PQBatch:
         n = len(self.images)
         self._cells: List = [None] * n
         self._areas: List = [None] * n
-        self._ids: List = [None] * n  # each image's run ids, for error messages only
-        self._change = self._scratch = None  # the pixel pass's buffers, kept across images
+        self._ids: List = [None] * n  # run ids of the images with ids no JSON lists (errors)
+        self._change = self._scratch = None  # the numpy pass's buffers, kept across images
 
-    def _split(self, segs: Segments) -> List[np.ndarray]:
-        """Each image's search table: ``[id - 1, id]`` for its void and sorted JSON ids, in
-        the maps' dtype (uint32 words carry 0xFF in their high byte, so their ids are searched
-        as ``id | 0xFF000000``: no mask over the runs). Searching a run's id (left side) gives
-        2i+1 for the image's i-th entry and an even rank for an id it does not list."""
-        ids = segs.ids + _HIGH if self.words else segs.ids
-        table = np.empty(2 * len(ids), dtype=np.uint32 if self.words else np.int64)
+    @staticmethod
+    def _split(segs: Segments) -> List[np.ndarray]:
+        """Each image's search table: ``[id - 1, id]`` for its void and sorted JSON ids, as
+        words (0xFF in the high byte, as the maps have it: no mask over the pixels). Searching
+        a run's word (left side) gives 2i+1 for the image's i-th entry and an even rank for an
+        id it does not list."""
+        ids = segs.ids + _HIGH
+        table = np.empty(2 * len(ids), dtype=np.uint32)
         table[0::2] = ids - 1
         table[1::2] = ids
         ends = (2 * (segs.start + segs.count + 1)).tolist()
         return [table[a:b] for a, b in zip([0] + ends, ends)]
 
-    def add(self, k: int, gt_ids: np.ndarray, pred_ids: np.ndarray) -> None:
-        """The only pass over image ``k``'s pixels. Segments are spatially coherent, so the
-        pixels come in few runs of one (GT id, pred id) pair along the raster (~2% of the
-        pixels at 256 px): three vectorised passes find them, two searches in the image's
-        small sorted id tables rank them, one bincount sums them into its overlaps. Written
-        for few numpy calls: at 256 px their fixed cost is a third of the image's matching."""
-        if gt_ids.shape != pred_ids.shape:
-            _check_sizes(gt_ids, pred_ids, self.images[k][0])
-        g = gt_ids.reshape(-1)
-        p = pred_ids.reshape(-1)
+    def add(self, k: int, gt_words: np.ndarray, pred_words: np.ndarray) -> None:
+        """Image ``k``'s overlaps from its id maps: (H, W) C-contiguous uint32 words, the ids
+        in the low 24 bits and 0xFF in the high byte (:func:`seg2.io.read_panoptic_words`).
+        Segments are spatially coherent, so the pixels come in few runs of one (GT id, pred
+        id) pair along the raster (~2% of the pixels at 256 px): each run's ids are ranked in
+        the image's small sorted id tables and its length added to their cell, in one
+        compiled pass (:meth:`_counts_numpy` does the same in numpy passes)."""
+        if gt_words.shape != pred_words.shape:
+            _check_sizes(gt_words, pred_words, self.images[k][0])
+        gt_tab, pred_tab, width = self._tables[k]
+        if _kernel is not None:
+            counts = np.empty((len(gt_tab) + 1) * width, dtype=np.int64)
+            unknown = _kernel(gt_words, pred_words, gt_tab, pred_tab, counts)[1]
+            ids = self._runs(gt_words, pred_words)[1:] if unknown else None
+        else:
+            counts, ids = self._counts_numpy(gt_words, pred_words, gt_tab, pred_tab, width)
+        cells = counts.nonzero()[0]
+        self._cells[k] = cells
+        self._areas[k] = counts[cells]
+        self._ids[k] = ids
+
+    def _counts_numpy(self, g, p, gt_tab, pred_tab, width) -> Tuple[np.ndarray, Tuple]:
+        """The kernel's cells with numpy: the runs, two searches, one bincount (written for
+        few calls: at 256 px their fixed cost is a third of the time)."""
+        bounds, gv, pv = self._runs(g, p)
+        starts = bounds[:-1]
+        cell = gt_tab.searchsorted(gv)
+        cell *= width
+        cell += pred_tab.searchsorted(pv)
+        return np.bincount(cell, weights=bounds[1:] - starts), (gv, pv)
+
+    def _runs(self, g: np.ndarray, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the runs start (and where the last one ends), and their GT and pred words."""
+        g = g.reshape(-1)
+        p = p.reshape(-1)
         n = g.size
         if self._change is None or self._change.size != n + 1:
             self._alloc(n)
@@ -264,20 +303,10 @@ class PQBatch:
         inner |= scratch
         bounds = self._change.nonzero()[0]
         starts = bounds[:-1]
-        gv = g.take(starts)
-        pv = p.take(starts)
-        gt_tab, pred_tab, width = self._tables[k]
-        cell = gt_tab.searchsorted(gv)
-        cell *= width
-        cell += pred_tab.searchsorted(pv)
-        counts = np.bincount(cell, weights=bounds[1:] - starts)
-        cells = counts.nonzero()[0]
-        self._cells[k] = cells
-        self._areas[k] = counts[cells]
-        self._ids[k] = (gv, pv)
+        return bounds, g.take(starts), p.take(starts)
 
     def _alloc(self, n: int) -> None:
-        """The pixel pass's buffers, kept across images of one size: ``change[i]`` is whether
+        """The numpy pass's buffers, kept across images of one size: ``change[i]`` is whether
         pixel i starts a run (first and one-past-last always do)."""
         self._change = np.ones(n + 1, dtype=bool)
         self._scratch = np.empty(max(n - 1, 0), dtype=bool)
@@ -333,6 +362,9 @@ class PQBatch:
     def _raise(self, k: int) -> None:
         name, gt_segments, pred_segments = self.images[k]
         ids = self._ids[k]
-        if self.words:
-            ids = [v & _LOW24 for v in ids]
-        raise_image_error(name, gt_segments, pred_segments, *ids, self.categories)
+        if ids is None:  # every id in the PNGs is listed: they are those of the image's cells
+            gt_tab, pred_tab, width = self._tables[k]
+            rows, cols = np.divmod(self._cells[k], width)
+            ids = gt_tab[rows], pred_tab[cols]
+        raise_image_error(name, gt_segments, pred_segments, *(v & _LOW24 for v in ids),
+                          self.categories)

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..io import InputError, read_json, read_panoptic_words
-from .pq import PQBatch, PQScores
+from .pq import PQBatch, PQScores, pq_engine
 from .pq_summary import pq_results
 
 __all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files"]
@@ -50,7 +50,7 @@ def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> PQS
     gt_ids = pred_ids = None
     for b in range(0, len(tasks), _BATCH_IMAGES):
         part = tasks[b : b + _BATCH_IMAGES]
-        batch = PQBatch([(t[0], t[2], t[4]) for t in part], categories, words=True)
+        batch = PQBatch([(t[0], t[2], t[4]) for t in part], categories)
         for k, (image_name, gt_png, _, pred_png, _) in enumerate(part):
             # Decoded into the previous image's arrays when sizes agree (no fresh memory).
             gt_ids = _read_ids(gt_png, image_name, gt_ids)
@@ -174,5 +174,8 @@ def pq_compute_files(
             )
     # Summed in image order, so the float sums are bit-identical for any num_workers.
     stat = scores.to_stat()
-    logger.info(f"PQ computed over {len(tasks)} images with {num_workers} worker(s)")
+    logger.info(
+        f"PQ computed over {len(tasks)} images with {num_workers} worker(s), "
+        f"overlaps by {pq_engine()}"
+    )
     return pq_results(stat, categories)

@@ -876,3 +876,39 @@ class TestEdgeCases(unittest.TestCase):
             gt_json, gt_dir, pred_json, pred_dir = write_case(root, [])
             with self.assertRaisesRegex(PanopticInputError, "gt.json: field 'annotations' is empty"):
                 pq_compute_files(gt_json, gt_dir, pred_json, pred_dir, num_workers=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The numpy path: where seg2._C was not built (no C compiler at install), PQBatch sums the
+# overlaps with numpy. The rules, references, word and file tests run again on that path.
+
+
+class NumpyPath:
+    def setUp(self):
+        from seg2.evaluation import pq
+
+        patcher = mock.patch.object(pq, "_kernel", None)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.assertEqual(pq.pq_engine(), "numpy")
+        super().setUp()
+
+
+class TestMatchingRulesNumpy(NumpyPath, TestMatchingRules):
+    pass
+
+
+class TestAgainstReferencesNumpy(NumpyPath, TestAgainstReferences):
+    pass
+
+
+class TestWordsNumpy(NumpyPath, TestWords):
+    pass
+
+
+class TestFilesNumpy(NumpyPath, TestFiles):
+    pass
+
+
+class TestEdgeCasesNumpy(NumpyPath, TestEdgeCases):
+    pass

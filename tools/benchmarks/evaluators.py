@@ -487,7 +487,7 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     maps = [(read_panoptic_words(g), read_panoptic_words(p)) for g, _, p, _ in pairs]
 
     def match():
-        batch = PQBatch([(g, g_segs, p_segs) for g, g_segs, _, p_segs in pairs], categories, True)
+        batch = PQBatch([(g, g_segs, p_segs) for g, g_segs, _, p_segs in pairs], categories)
         for k, (g_ids, p_ids) in enumerate(maps):
             batch.add(k, g_ids, p_ids)
         batch.scores()
