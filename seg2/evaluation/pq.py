@@ -26,6 +26,7 @@ panoptic) and the Cityscapes panoptic scoring both call it. The accumulators bec
 figures and tables in :mod:`seg2.evaluation.pq_summary`.
 """
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
@@ -53,6 +54,7 @@ __all__ = [
     "pq_compute_single",
     "pq_compute_words",
     "pq_engine",
+    "numpy_engine",
     "PQBatch",
     "PQScores",
 ]
@@ -62,6 +64,18 @@ def pq_engine() -> str:
     """What sums each image's overlaps in this process: ``"C (avx2)"`` (or sse2, scalar) when
     ``seg2._C`` was built, else ``"numpy"`` (same figures, slower)."""
     return f"C ({pq_isa()})" if _kernel is not None else "numpy"
+
+
+@contextlib.contextmanager
+def numpy_engine():
+    """Sums overlaps on the numpy path inside the block (and in worker processes it forks),
+    as where ``seg2._C`` is not built: benchmarks time it, tests check it."""
+    global _kernel
+    saved, _kernel = _kernel, None
+    try:
+        yield
+    finally:
+        _kernel = saved
 
 @dataclass
 class PQStatCat:

@@ -885,12 +885,12 @@ class TestEdgeCases(unittest.TestCase):
 
 class NumpyPath:
     def setUp(self):
-        from seg2.evaluation import pq
+        from seg2.evaluation.pq import numpy_engine, pq_engine
 
-        patcher = mock.patch.object(pq, "_kernel", None)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        self.assertEqual(pq.pq_engine(), "numpy")
+        engine = numpy_engine()
+        engine.__enter__()
+        self.addCleanup(engine.__exit__, None, None, None)
+        self.assertEqual(pq_engine(), "numpy")
         super().setUp()
 
 

@@ -424,9 +424,10 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     Its "speed-up" column is the evaluator's speed as a share of the decode-only speed (1 = no
     cost beyond decoding); all are timed in turns, best of ``repeats``. The note gives the
     options' times per image, the usual ``Image.open(path)`` + ``load`` + copy for
-    comparison, and the matching alone (a ``PQBatch`` over all images, on maps read
-    beforehand: in the evaluator each map is matched right after it is decoded)."""
-    from seg2.evaluation.pq import PQBatch
+    comparison, the matching alone (a ``PQBatch`` over all images, on maps read beforehand:
+    in the evaluator each map is matched right after it is decoded), and the evaluator on its
+    numpy path, as where ``seg2._C`` was not built."""
+    from seg2.evaluation.pq import PQBatch, numpy_engine, pq_engine
     from seg2.io import read_panoptic_words
 
     with open(pred_json) as f:
@@ -470,12 +471,17 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
             img.load()
             np.frombuffer(img.tobytes("raw", "RGBX"), "<u4")
 
+    def ours_numpy():
+        with numpy_engine():
+            ours()
+
     runs = {
         "mapped": mapped,
         "words": lambda: pixels(True),
         "rgb": lambda: pixels(False),
         "usual": usual,
         "ours": ours,
+        "numpy": ours_numpy,
     }
     best = {k: math.inf for k in runs}
     for _ in range(max(1, repeats)):  # in turns, so that a change of machine load hits all
@@ -512,7 +518,8 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
         note=f"per image: decode {ms(t_decode)} ms (into reused arrays {ms(best['mapped'])}, "
         f"PIL memory + 4-byte copy {ms(best['words'])}, RGB np.asarray {ms(best['rgb'])}; "
         f"Image.open(path) + load + copy {ms(best['usual'])}), matching {ms(t_match)} ms; "
-        "speed-up = share of decode-only speed",
+        f"overlaps by {pq_engine()}; the numpy path (no seg2._C) {ms(best['numpy'])} ms, "
+        f"{t_decode / best['numpy']:.3f} of decode-only; speed-up = share of decode-only speed",
     )
     return row
 
