@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""seg2's benchmarks from the command line (the logic lives in ``seg2/benchmark/``).
+"""seg2's benchmarks from the command line (the logic lives in ``tools/benchmarks/``, which is
+not installed with seg2).
 
     # semantic heads trained under one budget on the synthetic data (table in DIR)
     python tools/benchmark.py heads --output DIR --iters N [--variants fcn8s unet ...] \

@@ -5,7 +5,7 @@
         [--cache-dir datasets/cache/nuclei] [--num-threads T] [KEY VALUE ...]
 
 Needs stardist's data (``pip install --no-deps stardist==0.9.2 tifffile==2024.8.30``).
-Writes results.json, results.md and nuclei_example.png; see seg2/benchmark/nuclei.py.
+Writes results.json, results.md and nuclei_example.png; see tools/benchmarks/nuclei.py.
 """
 import argparse
 

@@ -61,7 +61,7 @@ __all__ = [
 
 
 def pq_engine() -> str:
-    """What sums each image's overlaps in this process: ``"C (avx2)"`` (or sse2, scalar) when
+    """What sums each image's overlaps in this process: ``"C (avx512)"`` (or avx2, sse2, scalar) when
     ``seg2._C`` was built, else ``"numpy"`` (same figures, slower)."""
     return f"C ({pq_isa()})" if _kernel is not None else "numpy"
 

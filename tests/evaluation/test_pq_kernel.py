@@ -36,7 +36,7 @@ def reference(g, p, gt_table, pred_table):
 
 
 def isas():
-    order = ["scalar", "sse2", "avx2"]
+    order = ["scalar", "sse2", "avx2", "avx512"]
     best = _C.pq_isa()
     return [i for i in order[: order.index(best) + 1] if _try(i)]
 
