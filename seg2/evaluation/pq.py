@@ -61,8 +61,8 @@ __all__ = [
 
 
 def pq_engine() -> str:
-    """What sums each image's overlaps in this process: ``"C (avx512)"`` (or avx2, sse2, scalar) when
-    ``seg2._C`` was built, else ``"numpy"`` (same figures, slower)."""
+    """What sums each image's overlaps in this process: ``"C (avx512)"`` (or avx2, sse2,
+    scalar) when ``seg2._C`` was built, else ``"numpy"`` (same figures, slower)."""
     return f"C ({pq_isa()})" if _kernel is not None else "numpy"
 
 
@@ -76,6 +76,7 @@ def numpy_engine():
         yield
     finally:
         _kernel = saved
+
 
 @dataclass
 class PQStatCat:
@@ -380,5 +381,5 @@ class PQBatch:
             gt_tab, pred_tab, width = self._tables[k]
             rows, cols = np.divmod(self._cells[k], width)
             ids = gt_tab[rows], pred_tab[cols]
-        raise_image_error(name, gt_segments, pred_segments, *(v & _LOW24 for v in ids),
-                          self.categories)
+        gt_ids, pred_ids = (v & _LOW24 for v in ids)
+        raise_image_error(name, gt_segments, pred_segments, gt_ids, pred_ids, self.categories)
