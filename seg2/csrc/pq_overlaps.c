@@ -145,17 +145,22 @@ __attribute__((target("avx2"))) static Py_ssize_t starts_avx2(
 #endif
 
 #ifdef SEG2_AVX
-/* 16 pixels a step: compares into a mask, the changed pixels' offsets compressed in a register
+/* 16 pixels a step: compares into a mask, the previous pixels shifted in from the block before
+ * (not loaded again, across cache lines); the changed pixels' offsets compressed in a register
  * (compressing into memory is slow on some CPUs) and stored as one vector. */
 __attribute__((target("avx512f,popcnt"))) static Py_ssize_t starts_avx512(
     const uint32_t *g, const uint32_t *p, Py_ssize_t i, Py_ssize_t end, int32_t *pos) {
     Py_ssize_t k = i, cnt = 0;
     __m512i offs = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i step = _mm512_set1_epi32(16);
+    /* A block's previous pixels: the last of the block before, then its own first 15. */
+    __m512i gl = _mm512_set1_epi32((int)g[k - 1]), pl = _mm512_set1_epi32((int)p[k - 1]);
     for (; k + 16 <= end; k += 16) {
-        __mmask16 changed =
-            _mm512_cmpneq_epi32_mask(_mm512_loadu_si512(g + k), _mm512_loadu_si512(g + k - 1)) |
-            _mm512_cmpneq_epi32_mask(_mm512_loadu_si512(p + k), _mm512_loadu_si512(p + k - 1));
+        __m512i gc = _mm512_loadu_si512(g + k), pc = _mm512_loadu_si512(p + k);
+        __mmask16 changed = _mm512_cmpneq_epi32_mask(gc, _mm512_alignr_epi32(gc, gl, 15)) |
+                            _mm512_cmpneq_epi32_mask(pc, _mm512_alignr_epi32(pc, pl, 15));
+        gl = gc;
+        pl = pc;
         _mm512_storeu_si512(pos + cnt, _mm512_maskz_compress_epi32(changed, offs));
         cnt += __builtin_popcount((unsigned)changed);
         offs = _mm512_add_epi32(offs, step);
