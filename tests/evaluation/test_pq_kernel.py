@@ -3,6 +3,7 @@ per-pixel reference written here: every pixel's ranks counted as "table entries 
 word", added one pixel at a time (no runs, no search). Every instruction set this machine has
 is checked, on sizes around the vector width and the kernel's chunk of 1024 pixels."""
 
+import os
 import shutil
 import sysconfig
 import unittest
@@ -130,12 +131,15 @@ class TestPQOverlaps(unittest.TestCase):
 
 class TestBuilt(unittest.TestCase):
     def test_built_where_a_compiler_is(self):
-        """``make setup`` builds seg2._C when the C compiler Python was built with is here;
-        the fallback must not hide a broken build."""
+        """``make setup`` builds seg2._C when the C compiler Python was built with and
+        Python's headers are here; the fallback must not hide a broken build."""
         cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
         if shutil.which(cc) is None:
             self.skipTest(f"no C compiler ({cc}): seg2 runs its numpy path")
-        self.assertIsNotNone(_C, f"{cc} is installed but seg2._C was not built")
+        headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+        if not os.path.exists(headers):
+            self.skipTest(f"no {headers}: seg2 runs its numpy path")
+        self.assertIsNotNone(_C, f"{cc} and Python.h are here but seg2._C was not built")
 
 
 if __name__ == "__main__":
