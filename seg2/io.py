@@ -35,6 +35,7 @@ __all__ = [
     "read_label",
     "read_panoptic_png",
     "read_panoptic_words",
+    "WORD_HIGH",
     "atomic_open",
     "write_json",
     "write_png",
@@ -336,12 +337,14 @@ def read_panoptic_words(
     except Exception as e:
         raise _image_error(path, f"{what} PNG", _PNG, e) from None
     if mode == "RGBA":
-        np.bitwise_or(out, np.uint32(0xFF000000), out=out)
+        np.bitwise_or(out, np.uint32(WORD_HIGH), out=out)
     return out
 
 
 _PNG = ("PNG",)
 _WORD = np.dtype("<u4")
+# The high byte of read_panoptic_words' words: PIL's padding of RGB pixels (alpha overwritten).
+WORD_HIGH = 0xFF000000
 
 
 def _is_words(out: np.ndarray) -> bool:

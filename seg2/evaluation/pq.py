@@ -12,10 +12,9 @@
 * classes with no TP, FP or FN are left out of the means.
 
 The engine (:class:`PQBatch`) scores a batch of images: one pass over each image's pixels
-finds the runs of one (GT id, pred id) pair and sums them into the image's overlaps (compiled,
-``seg2._C.pq_overlaps``; a few numpy passes where seg2 was installed without a C compiler), and
-the matching is vectorised over the whole batch (the segment lists are parsed and checked in
-:mod:`seg2.evaluation.pq_segments`).
+sums them into the image's overlaps (:mod:`seg2.evaluation.pq_overlaps`: compiled, or numpy
+passes where seg2 was installed without a C compiler), and the matching is vectorised over the
+whole batch (the segment lists are parsed and checked in :mod:`seg2.evaluation.pq_segments`).
 Its output (:class:`PQScores`) keeps every image's contribution in image order, so sums do not
 depend on how images are split into batches or processes.
 :func:`pq_compute_single` scores one image's id maps, :func:`pq_compute_words` the PNGs' 4-byte
@@ -26,23 +25,15 @@ panoptic) and the Cityscapes panoptic scoring both call it. The accumulators bec
 figures and tables in :mod:`seg2.evaluation.pq_summary`.
 """
 
-import contextlib
-import sys
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from ..io import InputError
+from ..io import WORD_HIGH, InputError
 from ..structures.panoptic import OFFSET
+from .pq_overlaps import OverlapCounter
 from .pq_segments import ImageSegments, Segments, raise_image_error
-
-try:  # built at install where a C compiler was found; the numpy path gives the same cells
-    from .._C import pq_isa, pq_overlaps as _kernel
-except ImportError:
-    _kernel = pq_isa = None
-if sys.byteorder != "little":  # the kernel reads the PNGs' little-endian words natively
-    _kernel = None
 
 # Kept as a name for callers that catch panoptic input errors specifically.
 PanopticInputError = InputError
@@ -53,29 +44,9 @@ __all__ = [
     "PQStat",
     "pq_compute_single",
     "pq_compute_words",
-    "pq_engine",
-    "numpy_engine",
     "PQBatch",
     "PQScores",
 ]
-
-
-def pq_engine() -> str:
-    """What sums each image's overlaps in this process: ``"C (avx512)"`` (or avx2, sse2,
-    scalar) when ``seg2._C`` was built, else ``"numpy"`` (same figures, slower)."""
-    return f"C ({pq_isa()})" if _kernel is not None else "numpy"
-
-
-@contextlib.contextmanager
-def numpy_engine():
-    """Sums overlaps on the numpy path inside the block (and in worker processes it forks),
-    as where ``seg2._C`` is not built: benchmarks time it, tests check it."""
-    global _kernel
-    saved, _kernel = _kernel, None
-    try:
-        yield
-    finally:
-        _kernel = saved
 
 
 @dataclass
@@ -182,7 +153,7 @@ def pq_compute_words(
 
 def _as_words(a) -> np.ndarray:
     """C-contiguous uint32 words with the high byte PQBatch expects."""
-    return np.bitwise_or(np.asarray(a, dtype=np.uint32), np.uint32(_HIGH), order="C")
+    return np.bitwise_or(np.asarray(a, dtype=np.uint32), np.uint32(WORD_HIGH), order="C")
 
 
 def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> None:
@@ -194,7 +165,6 @@ def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> N
 
 
 _LOW24 = np.uint32(OFFSET - 1)
-_HIGH = 0xFF000000  # the high byte of the 4-byte pixels PIL gives for RGB images
 
 
 @dataclass
@@ -258,7 +228,7 @@ class PQBatch:
         self._cells: List = [None] * n
         self._areas: List = [None] * n
         self._ids: List = [None] * n  # run ids of the images with ids no JSON lists (errors)
-        self._change = self._scratch = None  # the numpy pass's buffers, kept across images
+        self._counter = OverlapCounter()
 
     @staticmethod
     def _split(segs: Segments) -> List[np.ndarray]:
@@ -266,7 +236,7 @@ class PQBatch:
         words (0xFF in the high byte, as the maps have it: no mask over the pixels). Searching
         a run's word (left side) gives 2i+1 for the image's i-th entry and an even rank for an
         id it does not list."""
-        ids = segs.ids + _HIGH
+        ids = segs.ids + WORD_HIGH
         table = np.empty(2 * len(ids), dtype=np.uint32)
         table[0::2] = ids - 1
         table[1::2] = ids
@@ -275,56 +245,14 @@ class PQBatch:
 
     def add(self, k: int, gt_words: np.ndarray, pred_words: np.ndarray) -> None:
         """Image ``k``'s overlaps from its id maps: (H, W) C-contiguous uint32 words, the ids
-        in the low 24 bits and 0xFF in the high byte (:func:`seg2.io.read_panoptic_words`).
-        Segments are spatially coherent, so the pixels come in few runs of one (GT id, pred
-        id) pair along the raster (~2% of the pixels at 256 px): each run's ids are ranked in
-        the image's small sorted id tables and its length added to their cell, in one
-        compiled pass (:meth:`_counts_numpy` does the same in numpy passes)."""
+        in the low 24 bits and 0xFF in the high byte (:func:`seg2.io.read_panoptic_words`)."""
         if gt_words.shape != pred_words.shape:
             _check_sizes(gt_words, pred_words, self.images[k][0])
         gt_tab, pred_tab, width = self._tables[k]
-        if _kernel is not None:
-            counts = np.empty((len(gt_tab) + 1) * width, dtype=np.int64)
-            unknown = _kernel(gt_words, pred_words, gt_tab, pred_tab, counts)[1]
-            ids = self._runs(gt_words, pred_words)[1:] if unknown else None
-        else:
-            counts, ids = self._counts_numpy(gt_words, pred_words, gt_tab, pred_tab, width)
+        counts, self._ids[k] = self._counter.count(gt_words, pred_words, gt_tab, pred_tab, width)
         cells = counts.nonzero()[0]
         self._cells[k] = cells
         self._areas[k] = counts[cells]
-        self._ids[k] = ids
-
-    def _counts_numpy(self, g, p, gt_tab, pred_tab, width) -> Tuple[np.ndarray, Tuple]:
-        """The kernel's cells with numpy: the runs, two searches, one bincount (written for
-        few calls: at 256 px their fixed cost is a third of the time)."""
-        bounds, gv, pv = self._runs(g, p)
-        starts = bounds[:-1]
-        cell = gt_tab.searchsorted(gv)
-        cell *= width
-        cell += pred_tab.searchsorted(pv)
-        return np.bincount(cell, weights=bounds[1:] - starts), (gv, pv)
-
-    def _runs(self, g: np.ndarray, p: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Where the runs start (and where the last one ends), and their GT and pred words."""
-        g = g.reshape(-1)
-        p = p.reshape(-1)
-        n = g.size
-        if self._change is None or self._change.size != n + 1:
-            self._alloc(n)
-        inner = self._change[1:n]
-        scratch = self._scratch
-        np.not_equal(g[1:], g[:-1], out=inner)
-        np.not_equal(p[1:], p[:-1], out=scratch)
-        inner |= scratch
-        bounds = self._change.nonzero()[0]
-        starts = bounds[:-1]
-        return bounds, g.take(starts), p.take(starts)
-
-    def _alloc(self, n: int) -> None:
-        """The numpy pass's buffers, kept across images of one size: ``change[i]`` is whether
-        pixel i starts a run (first and one-past-last always do)."""
-        self._change = np.ones(n + 1, dtype=bool)
-        self._scratch = np.empty(max(n - 1, 0), dtype=bool)
 
     def scores(self) -> PQScores:
         """PQ contributions of the batch; every image must have been added. Raises

@@ -13,7 +13,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..io import InputError, read_json, read_panoptic_words
-from .pq import PQBatch, PQScores, pq_engine
+from .pq import PQBatch, PQScores
+from .pq_overlaps import pq_engine
 from .pq_summary import pq_results
 
 __all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files"]

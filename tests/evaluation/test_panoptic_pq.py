@@ -885,7 +885,7 @@ class TestEdgeCases(unittest.TestCase):
 
 class NumpyPath:
     def setUp(self):
-        from seg2.evaluation.pq import numpy_engine, pq_engine
+        from seg2.evaluation.pq_overlaps import numpy_engine, pq_engine
 
         engine = numpy_engine()
         engine.__enter__()

@@ -124,7 +124,7 @@ class TestPQOverlaps(unittest.TestCase):
             _C.pq_overlaps(w, w, t, t, np.zeros(9, np.int64), isa="neon")
 
     def test_the_evaluator_uses_it(self):
-        from seg2.evaluation.pq import pq_engine
+        from seg2.evaluation.pq_overlaps import pq_engine
 
         self.assertEqual(pq_engine(), f"C ({_C.pq_isa()})")
 

@@ -427,7 +427,8 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     comparison, the matching alone (a ``PQBatch`` over all images, on maps read beforehand:
     in the evaluator each map is matched right after it is decoded), and the evaluator on its
     numpy path, as where ``seg2._C`` was not built."""
-    from seg2.evaluation.pq import PQBatch, numpy_engine, pq_engine
+    from seg2.evaluation.pq import PQBatch
+    from seg2.evaluation.pq_overlaps import numpy_engine, pq_engine
     from seg2.io import read_panoptic_words
 
     with open(pred_json) as f:
@@ -455,21 +456,19 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
                 img.im = Image.core.map_buffer(bufs[i % 2], img.size, "raw", 0, (img.mode, 0, 1))
                 img.load()
 
-    def pixels(as_words: bool):
+    def pixels(as_words: bool, by_path: bool = False):
         for path in pngs:
-            with open(path, "rb") as f:
-                img = Image.open(f, formats=("PNG",))
+            if by_path:  # PIL's usual way (it resolves the path's links first)
+                img = Image.open(path)
                 img.load()
+            else:  # as the evaluator opens its files
+                with open(path, "rb") as f:
+                    img = Image.open(f, formats=("PNG",))
+                    img.load()
             if as_words:
                 np.frombuffer(img.tobytes("raw", "RGBX"), "<u4")
             else:
                 np.asarray(img)
-
-    def usual():
-        for path in pngs:
-            img = Image.open(path)
-            img.load()
-            np.frombuffer(img.tobytes("raw", "RGBX"), "<u4")
 
     def ours_numpy():
         with numpy_engine():
@@ -479,7 +478,7 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
         "mapped": mapped,
         "words": lambda: pixels(True),
         "rgb": lambda: pixels(False),
-        "usual": usual,
+        "usual": lambda: pixels(True, by_path=True),
         "ours": ours,
         "numpy": ours_numpy,
     }
