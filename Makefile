@@ -5,9 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# seg2's C sources are part of the key: editing one rebuilds seg2._C on the next make.
-CSRC := $(wildcard seg2/csrc/*.c)
-STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt requirements-bench.txt setup.py $(CSRC) | sha256sum | cut -c1-16)
+STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt requirements-bench.txt setup.py | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(STAMP_KEY)
 DATA := datasets/synthetic
 DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_demo_synthetic.yaml
@@ -17,14 +15,13 @@ DEMO_OUT := output/demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.py $(CSRC)
+$(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt
 	# Detectron2 is published as sal-detectron2, a wheel tagged for Python 3.10 (pure Python).
 	$(PIP) install -q --no-deps --only-binary=:all: --python-version 3.10 --upgrade \
 		--target "$$($(PY) -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')" \
 		sal-detectron2==0.7.2
-	# Builds seg2._C in place when a C compiler is found (else seg2 runs its numpy paths).
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	# Packages used only for the data they ship (stardist's nuclei image), without their
 	# heavy dependencies (see requirements-extra.txt).
