@@ -160,7 +160,7 @@ class Seg2Trainer(DefaultTrainer):
         dataset = args["dataset"]
         world = comm.get_world_size()
         if args["total_batch_size"] % world:
-            from ..config_check import ConfigError
+            from .config_check import ConfigError
 
             raise ConfigError(
                 f"SOLVER.IMS_PER_BATCH = {args['total_batch_size']} is not divisible by the "

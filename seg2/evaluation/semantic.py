@@ -21,13 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .offline import (
-    EvaluationInputError,
-    check_label_values,
-    match_by_name,
-    pair_error,
-    read_label_png,
-)
+from ..io import InputError, read_label_png
+from .offline import check_label_values, match_by_name, pair_error
 
 __all__ = [
     "ConfusionMatrix",
@@ -102,7 +97,7 @@ class ConfusionMatrix:
                 check_label_values(labels, self.num_classes, self.ignore_label, path, what)
             return idx
         if labels.dtype.kind not in "iub":
-            raise EvaluationInputError(
+            raise InputError(
                 f"{path}: {what} must hold integer class ids, got {labels.dtype}"
             )
         check_label_values(labels, self.num_classes, self.ignore_label, path, what)
@@ -323,7 +318,7 @@ def evaluate_semantic_folders(
     """
     names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
-        raise EvaluationInputError(
+        raise InputError(
             f"--class-names: {len(names)} names given for --num-classes {num_classes}"
         )
     conf = ConfusionMatrix(num_classes, ignore_label)

@@ -11,8 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
-from .offline import read_label_png
-
+from ..io import read_label_png
 from .semantic import (
     ConfusionMatrix,
     _write_outputs,
