@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 try:
     import orjson
@@ -218,8 +218,6 @@ def load_image(
         single-band image scaled to 8 bits by per-image min-max stretch". Mode conversions
         to RGB (grayscale, palette, alpha) are listed too; they happen in :func:`read_image`.
     """
-    from detectron2.data.detection_utils import _apply_exif_orientation
-
     rule = bit_depth or BitDepthRule()
     notes: List[str] = []
     if not os.path.isfile(path):
@@ -232,7 +230,8 @@ def load_image(
         return _array_to_pil(_read_tiff(path, e), path, rule, notes), notes
     try:
         exif = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-        img = _apply_exif_orientation(img)
+        if exif not in (None, 1):  # the transposition Detectron2's reader applies
+            img = ImageOps.exif_transpose(img)
     except Exception as e:
         raise InputError(
             f"{path}: cannot apply EXIF orientation ({type(e).__name__}: {e})"

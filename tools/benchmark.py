@@ -135,9 +135,9 @@ def run_evaluators(args, output: str):
 
 def run_models(args, output: str):
     from benchmarks.models import format_models_table, run_models_benchmark
-    from benchmarks.semantic_heads import _register_data
+    from benchmarks.semantic_heads import register_data
 
-    prefix = "synthetic" if args.data_root is None else _register_data(args.data_root)
+    prefix = "synthetic" if args.data_root is None else register_data(args.data_root)
     result = run_models_benchmark(
         args.variants,
         repeats=args.repeats,

@@ -34,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("faster_coco_eval", "pycocotools")
 
 
@@ -179,10 +179,10 @@ def coco_summary(
         class_names: one per ground-truth category in ascending id order.
     """
     if coco_eval is None:
-        return {m: float("nan") for m in _METRICS}
+        return {m: float("nan") for m in COCO_METRICS}
     results = {
         m: float(coco_eval.stats[i] * 100 if coco_eval.stats[i] >= 0 else "nan")
-        for i, m in enumerate(_METRICS)
+        for i, m in enumerate(COCO_METRICS)
     }
     if class_names is None or len(class_names) <= 1:
         return results

@@ -13,7 +13,7 @@ from ..structures.panoptic import invert_id_map
 from .gather import gather_on_main
 
 from .coco import (
-    _METRICS,
+    COCO_METRICS,
     default_backend,
     evaluate_coco_results,
     load_coco_gt,
@@ -141,6 +141,6 @@ class Seg2COCOEvaluator(DatasetEvaluator):
         for task, res in per_task.items():
             logger.info(
                 f"Evaluation results for {task}: "
-                + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if k in _METRICS)
+                + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if k in COCO_METRICS)
             )
         return per_task

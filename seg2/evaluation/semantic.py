@@ -289,7 +289,7 @@ def save_confusion_png(conf: np.ndarray, class_names: Sequence[str], path: str) 
     return path
 
 
-def _write_outputs(conf: np.ndarray, class_names: Sequence[str], output_dir: Optional[str]) -> None:
+def write_semantic_outputs(conf: np.ndarray, class_names: Sequence[str], output_dir: Optional[str]) -> None:
     if output_dir:
         save_confusion_csv(conf, class_names, os.path.join(output_dir, "sem_seg_confusion.csv"))
         save_confusion_png(conf, class_names, os.path.join(output_dir, "sem_seg_confusion.png"))
@@ -326,5 +326,5 @@ def evaluate_semantic_folders(
         gt = read_label_png(gt_path, "ground-truth label")
         pred = read_label_png(pred_path, "predicted label")
         conf.update(pred, gt, gt_path, pred_path)
-    _write_outputs(conf.matrix, names, output_dir)
+    write_semantic_outputs(conf.matrix, names, output_dir)
     return OrderedDict(sem_seg=semantic_metrics(conf.matrix, names))

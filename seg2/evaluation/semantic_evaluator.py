@@ -14,7 +14,7 @@ from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from ..io import read_label_png
 from .semantic import (
     ConfusionMatrix,
-    _write_outputs,
+    write_semantic_outputs,
     argmax_channels,
     semantic_metrics,
 )
@@ -116,7 +116,7 @@ class Seg2SemSegEvaluator(DatasetEvaluator):
             if not is_main_process():
                 return None
             conf = np.sum(matrices, axis=0)
-        _write_outputs(conf, self._class_names, self._output_dir)
+        write_semantic_outputs(conf, self._class_names, self._output_dir)
         results = OrderedDict(sem_seg=semantic_metrics(conf, self._class_names))
         logger.info(
             f"Semantic segmentation metrics of {self._dataset_name}: mIoU={results['sem_seg']['mIoU']:.2f}"

@@ -75,7 +75,7 @@ BOUNDARY_TOLERANCE = 2
 # ---------------------------------------------------------------------------- training
 
 
-def _register_data(data_root: Optional[str]) -> str:
+def register_data(data_root: Optional[str]) -> str:
     """Register the synthetic splits (prefix returned); idempotent."""
     from seg2.data.datasets import register_synthetic
     from .common import REPO_ROOT
@@ -213,7 +213,7 @@ def run_variant(
     from seg2.modeling import sliding_window  # noqa: F401  (registers SlidingWindowSegmentor)
 
     torch.set_num_threads(2)
-    prefix = _register_data(data_root)
+    prefix = register_data(data_root)
     out = os.path.join(output_dir, variant)
     cfg = benchmark_cfg(variant, out, iters, prefix, ims_per_batch, seed, opts)
     os.makedirs(out, exist_ok=True)
