@@ -11,7 +11,7 @@ DATA := datasets/synthetic
 DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_demo_synthetic.yaml
 DEMO_OUT := output/demo
 
-.PHONY: setup demo test data bench nuclei clean
+.PHONY: setup demo test lint data bench nuclei clean
 
 setup: $(STAMP)
 
@@ -42,8 +42,12 @@ demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) OUTPUT_DIR $(DEMO_OUT)
 	@echo "Results: $(DEMO_OUT)/eval_results.json   Training log: $(DEMO_OUT)/metrics.json   Overlays: $(DEMO_OUT)/vis/overview.png"
 
-test: setup
+test: lint
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# ruff (lint and import order, configured in ruff.toml); make test runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: data
 	$(PY) tools/benchmark.py all --output output/bench --iters 200 --ims-per-batch 4 --eval-images 20 --num-images 100 --size 256

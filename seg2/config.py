@@ -150,7 +150,7 @@ def add_seg2_config(cfg: CN) -> CN:
     # (seg2/evaluation/boundary.py); off by default: distance transforms cost time per image.
     cfg.TEST.SEG2.BOUNDARY_EVAL = False
 
-    # ---- tools/predict.py (issue 11, predict)
+    # ---- tools/predict.py
     # Images per forward pass when predicting on files or video frames (--batch-size
     # overrides). Batched images are padded to the largest one, as in training.
     cfg.TEST.SEG2.PREDICT_BATCH_SIZE = 4

@@ -40,8 +40,8 @@ def argmax_channels(scores: torch.Tensor, dtype: torch.dtype = torch.int64) -> t
     """``scores.argmax(dim=0)`` as ``dtype``: the same answer (the first maximum on ties) for
     finite scores; a NaN score never wins here, whereas torch's argmax picks it.
 
-    On CPU a running maximum over the K channels is 3-5x faster than torch's strided
-    argmax reduction, which dominated evaluation time; on GPU torch's kernel is used.
+    On CPU a running maximum over the K channels is faster than torch's strided argmax
+    reduction; on GPU torch's kernel is used.
 
     Args:
         scores: (K, H, W) scores.
