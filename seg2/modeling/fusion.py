@@ -258,7 +258,7 @@ class HeuristicFusion(BaseFusion):
             if claimed / area > self.overlap_thresh:
                 continue
             new = mask ^ overlap  # mask & ~taken
-            labels.masked_fill_(new, len(candidates))  # much faster than labels[new] = ...
+            labels.masked_fill_(new, len(candidates))  # not labels[new] =: slow on CPU
             taken |= new
             candidates.append(
                 {
@@ -269,7 +269,7 @@ class HeuristicFusion(BaseFusion):
                 }
             )
 
-        semantic = sem_seg_probs.max(dim=0).indices  # = argmax(0), several times faster on CPU
+        semantic = sem_seg_probs.max(dim=0).indices  # = argmax(0), which is slower on CPU
         _stuff_candidates(labels, semantic, stuff_ids, self.stuff_area_limit, candidates)
         return _finalize(labels, candidates)
 

@@ -259,7 +259,7 @@ class TestProbabilisticFusion(unittest.TestCase):
         self.assertEqual(_strip(segs), [{"id": 1, "isthing": False, "category_id": 2}])
 
     def test_missed_object_is_void_even_with_one_stuff_class(self):
-        # The case: thing class 0 = semantic 0, one stuff class = semantic 1,
+        # A missed object beside the only stuff class: thing class 0 = semantic 0, stuff = 1,
         # w = 0.5. 2x2 image, columns: left semantic P(thing) = .9, right P(stuff) = .9.
         # One instance (class 0, score .9) covers the bottom-left pixel only.
         probs = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[0.1, 0.9], [0.1, 0.9]]])

@@ -319,7 +319,7 @@ class TestSeg2SemanticSegmentor(unittest.TestCase):
         inputs[0]["sem_seg_weights"].zero_()
         partial = model(inputs)["loss_sem_seg_weighted_ce"]
         self.assertLess(partial.item(), threes["loss_sem_seg_weighted_ce"].item())
-        # Without weights the loss needs them (no on-the-fly object classes configured).
+        # Without weights (INPUT.SEG2.WEIGHT_MAP off) weighted CE has nothing to weigh by.
         for d in inputs:
             d.pop("sem_seg_weights")
         with self.assertRaisesRegex(ValueError, "INPUT.SEG2.WEIGHT_MAP"):
@@ -335,9 +335,11 @@ class TestCUDA(unittest.TestCase):
             cfg.MODEL.SEG2.UPSAMPLE.NAME = "transposed"
             cfg.MODEL.SEG2.LOSS.NAMES = ["weighted_ce", "dice"]
             cfg.MODEL.SEG2.LOSS.WEIGHTS = [1.0, 1.0]
-            cfg.MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES = [0, 1]
             model = build_model(cfg).train()
-            losses = model(make_inputs())
+            inputs = make_inputs(weights=True)
+            for d in inputs:
+                d["sem_seg_weights"] = torch.rand(d["sem_seg"].shape) * 3
+            losses = model(inputs)
             sum(losses.values()).backward()
             self.assertTrue(all(v.is_cuda and torch.isfinite(v) for v in losses.values()))
             model.eval()
