@@ -5,7 +5,7 @@ Importing seg2 registers its heads, backbones, meta-architectures and datasets.
 Layers, each importing only those before it: ``structures`` (panoptic id conventions,
 instance maps) -> ``io`` (every file read/written, one ``InputError``) -> ``config``,
 ``capabilities`` (what a meta-architecture outputs and needs) -> ``data`` -> ``modeling`` ->
-``evaluation`` -> ``engine``; ``utils`` holds the official-script caller and overlays.
+``evaluation`` -> ``engine``; ``utils`` holds the command-line helpers and overlays.
 """
 import warnings
 

@@ -104,22 +104,24 @@ class Seg2CityscapesInstanceEvaluator(_CityscapesResultsEvaluator):
 
 
 class Seg2CityscapesSemSegEvaluator(_CityscapesResultsEvaluator):
-    """Argmax train ids written as label-id PNGs (``<stem>_pred.png``, 255 = not evaluated),
-    scored by :func:`evaluate_cityscapes_semantic`; returns ``{"sem_seg": {IoU, iIoU, ...,
-    IoU-<class>}}``. The model's ``sem_seg`` has the 19 train-id channels."""
+    """Argmax classes written as label-id PNGs (``<stem>_pred.png``), scored by
+    :func:`evaluate_cityscapes_semantic`; returns ``{"sem_seg": {IoU, iIoU, ..., IoU-<class>,
+    iIoU-<class>}}``. The model's ``sem_seg`` channels are the dataset's contiguous ids, mapped
+    back with its metadata's ``stuff_dataset_id_to_contiguous_id`` (train ids for the
+    ``*_sem_seg`` datasets, things-first ids for ``*_panoptic``)."""
 
     _subdir = "cityscapes_semantic_results"
 
-    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
-        from cityscapesscripts.helpers.labels import trainId2label
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
+        super().__init__(dataset_name, output_dir)
+        self._lut = np.zeros(256, dtype=np.uint8)  # an id out of the table: "unlabeled" (0)
+        for label_id, contiguous in self._metadata.stuff_dataset_id_to_contiguous_id.items():
+            self._lut[contiguous] = label_id
 
-        lut = np.full(256, 255, dtype=np.uint8)
-        for train_id, label in trainId2label.items():
-            if 0 <= train_id < 255 and not label.ignoreInEval:
-                lut[train_id] = label.id
+    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for inp, out in zip(inputs, outputs):
-            train_ids = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            pred = lut[np.clip(train_ids, 0, 255).astype(np.uint8)]
+            classes = out["sem_seg"].argmax(dim=0).cpu().numpy()
+            pred = self._lut[np.clip(classes, 0, 255).astype(np.uint8)]
             write_png(pred, os.path.join(self._folder, self._stem(inp) + "_pred.png"))
 
     def _score(self) -> Dict:

@@ -13,7 +13,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..io import InputError, open_image, read_json, read_label_png, write_json
-from ..utils.official import run_official
 
 __all__ = [
     "EvaluationInputError",
@@ -23,7 +22,6 @@ __all__ = [
     "list_pngs",
     "match_by_name",
     "check_label_values",
-    "run_official",
     "pair_error",
     "write_json",
     "format_results",
