@@ -32,6 +32,8 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -258,10 +260,22 @@ def ensure_panoptic_gt(root: str, split: str) -> Tuple[str, str]:
         from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 
         logger.info(f"Generating Cityscapes panoptic ground truth {gt_json} ...")
+        # Written aside and moved in place, so processes loading the split at the same time
+        # (one per GPU) never read a half-written file.
         try:
-            run_official(convert2panoptic, gt_fine, setNames=[split], source=gt_fine)
+            work = tempfile.mkdtemp(prefix=f".cityscapes_panoptic_{split}.", dir=gt_fine)
         except OSError as e:
             raise InputError(f"{gt_fine}: cannot write the panoptic ground truth ({e})") from None
+        try:
+            run_official(convert2panoptic, gt_fine, work, setNames=[split], source=gt_fine)
+            try:
+                os.rename(os.path.join(work, os.path.basename(gt_folder)), gt_folder)
+            except OSError:
+                if not os.path.isdir(gt_folder):  # else another process moved its copy first
+                    raise
+            os.replace(os.path.join(work, os.path.basename(gt_json)), gt_json)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return gt_json, gt_folder
 
 
