@@ -144,7 +144,8 @@ class Seg2CityscapesPanopticEvaluator(_CityscapesResultsEvaluator):
         meta = self._metadata
         self._thing_ids = invert_id_map(meta.thing_dataset_id_to_contiguous_id)
         self._stuff_ids = invert_id_map(meta.stuff_dataset_id_to_contiguous_id)
-        # Cityscapes' contiguous (train) ids of things and stuff do not overlap.
+        # Segments without ``isthing``: seg2's panoptic metadata maps every class (things
+        # first) in the stuff table, where a thing's id is its thing id.
         self._any_ids = {**self._stuff_ids, **self._thing_ids}
         self._name = os.path.splitext(os.path.basename(meta.panoptic_json))[0]
 

@@ -18,9 +18,7 @@ import unittest
 
 import numpy as np
 import pycocotools.mask as mask_util
-import torch
 from detectron2.data import DatasetCatalog
-from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from seg2.data.cityscapes import load_cityscapes_instances, register_cityscapes
@@ -278,32 +276,30 @@ class TestDataInProcess(unittest.TestCase):
                 n += 1
         self.assertGreater(n, 3)
 
-    def test_other_panoptic_branches_take_a_step(self):
-        """FCN-8s and DeconvNet (U-Net trains through train_net above) on the plain tree:
-        instances from the panoptic PNG, whose classes match the semantic targets'."""
-        register_cityscapes(_root("plain"), prefix="cstest_plain", splits=("train",))
-        dicts = DatasetCatalog.get("cstest_plain_train_panoptic")
-        for config in (PANOPTIC_BRANCHES[0], PANOPTIC_BRANCHES[2]):
-            with self.subTest(config=config):
-                cfg = get_seg2_cfg(config)
-                cfg.merge_from_list(TINY)
-                mapper = Seg2DatasetMapper(cfg, is_train=True)
-                batch = [mapper(d) for d in dicts]
-                torch.manual_seed(0)
-                from detectron2.modeling import build_model
-
-                model = build_model(cfg).train()
-                with EventStorage(0):
-                    losses = model(batch)
-                self.assertIn("loss_mask", losses)
-                self.assertTrue(any(k.startswith("loss_sem_seg") for k in losses), list(losses))
-                self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
-                # Instance classes and the semantic targets' thing pixels share ids 0-7.
-                for b in batch:
-                    sem = b["sem_seg"]
-                    for c, m in zip(b["instances"].gt_classes, b["instances"].gt_masks.tensor):
-                        inside = sem[m]
-                        self.assertEqual(int(inside.mode().values), int(c))
+    def test_panoptic_targets_share_one_class_order(self):
+        """The mapper's instances (from the panoptic PNG, or drawn from the polygon files) and
+        semantic targets of the panoptic split use one order: instance class c is semantic
+        class c (0-7); the generator's stuff (road, building, vegetation, sky) is 8-18."""
+        cfg = get_seg2_cfg(PANOPTIC)
+        cfg.merge_from_list(TINY)
+        mapper = Seg2DatasetMapper(cfg, is_train=True)
+        for tree, polygons in (("plain", False), ("polygons", True)):
+            prefix = f"cstest_order_{tree}"
+            register_cityscapes(_root(tree), prefix=prefix, splits=("train",), polygons=polygons)
+            dicts = DatasetCatalog.get(f"{prefix}_train_panoptic")
+            self.assertEqual(all("annotations" in d for d in dicts), polygons)
+            n = 0
+            for d in dicts:
+                b = mapper(d)
+                sem, inst = b["sem_seg"], b["instances"]
+                labels = set(sem.unique().tolist()) - {255}
+                self.assertLessEqual(labels, {0, 2, 7, 8, 10, 16, 18})  # person car bicycle road building vegetation sky
+                self.assertTrue(labels & {8, 10, 16, 18})
+                for c, m in zip(inst.gt_classes.tolist(), inst.gt_masks.tensor):
+                    self.assertIn(c, (0, 2, 7))
+                    self.assertEqual(int(sem[m].mode().values), c)
+                    n += 1
+            self.assertGreater(n, 2)
 
     def test_bad_trees_name_the_file(self):
         root = os.path.join(tempfile.mkdtemp(dir=TMP), "cityscapes")
