@@ -12,7 +12,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..data.cityscapes import ensure_panoptic_gt
+from ..data.cityscapes import ensure_panoptic_gt, semantic_metadata
 from ..io import write_json, write_png
 from ..structures.panoptic import dataset_category, id2rgb, invert_id_map, segments_from_labels
 from .cityscapes import (
@@ -114,8 +114,12 @@ class Seg2CityscapesSemSegEvaluator(_CityscapesResultsEvaluator):
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
         super().__init__(dataset_name, output_dir)
+        # Metadata without the table (Detectron2's cityscapes_fine_sem_seg_*) uses train ids.
+        table = self._metadata.get("stuff_dataset_id_to_contiguous_id", None) or (
+            semantic_metadata()["stuff_dataset_id_to_contiguous_id"]
+        )
         self._lut = np.zeros(256, dtype=np.uint8)  # an id out of the table: "unlabeled" (0)
-        for label_id, contiguous in self._metadata.stuff_dataset_id_to_contiguous_id.items():
+        for label_id, contiguous in table.items():
             self._lut[contiguous] = label_id
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
