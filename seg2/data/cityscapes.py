@@ -227,7 +227,10 @@ def cityscapes_frames(
 
 def _derive_labels(src: str, out: str, lut: np.ndarray) -> None:
     ids = read_label_png(src, "Cityscapes labelIds")
-    write_png(lut[np.clip(ids, 0, 255).astype(np.uint8)], out)  # atomic: ranks may race
+    try:
+        write_png(lut[np.clip(ids, 0, 255).astype(np.uint8)], out)  # atomic: ranks may race
+    except OSError as e:
+        raise InputError(f"{out}: cannot write labels derived from {src} ({e})") from None
 
 
 def ensure_train_id_labels(gt_dir: str) -> int:
