@@ -224,6 +224,7 @@ class TestPanoptic(CityscapesCase):
         res, out = self._train_and_eval(tree, config, *extra)
         res = res["cityscapes_val_panoptic"]
         self.assertEqual(sorted(res), ["panoptic_seg", "segm", "sem_seg"])
+        self.assertGreater(res["sem_seg"]["IoU"], 0)
         inference = os.path.join(out, "inference", "cityscapes_val_panoptic")
         gt_dir = os.path.join(_root(tree), "gtFine", "val")
         self._assert_semantic_official(
