@@ -28,7 +28,7 @@ logger = logging.getLogger("seg2")
 _HEADLINE = {
     "bbox": ("AP", "AP50", "AP75"),
     "segm": ("AP", "AP50", "AP75"),
-    "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC", "mDice"),
+    "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC", "mDice", "IoU", "iIoU"),
     "panoptic_seg": ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"),
 }
 
@@ -49,7 +49,9 @@ def setup_cfg(args) -> CfgNode:
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
-    validate_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)  # before the first iteration
+    # Before the first iteration; evaluating needs (and loads) only the test datasets.
+    eval_only = getattr(args, "eval_only", False)
+    validate_datasets(cfg, cfg.DATASETS.TEST if eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
     return cfg
 
 
