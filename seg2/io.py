@@ -348,9 +348,9 @@ def output_folder_problem(path: str) -> Optional[str]:
             break
         current = parent
     if not os.path.isdir(current):
-        return "is a file" if current == os.path.abspath(path) else f"{current} is a file"
+        return f"{'' if current == os.path.abspath(path) else current + ' '}is a file"
     if not os.access(current, os.W_OK | os.X_OK):
-        return "is not writable" if current == os.path.abspath(path) else f"{current} is not writable"
+        return f"{'' if current == os.path.abspath(path) else current + ' '}is not writable"
     return None
 
 
