@@ -77,7 +77,9 @@ def run(args) -> int:
     args.eval_only, args.resume = True, False
     # datasets only for the default sample image (DATASETS.TEST[0])
     needed = not args.sample_image
-    cfg = setup_cfg(_with_output(args), validate=None if needed else (), datasets=needed)
+    cfg = setup_cfg(
+        _with_output(args), validate=None if needed else (), datasets=needed, test_classes=False
+    )
     setup_logger(name="detectron2", abbrev_name="d2")
     try:
         _, metadata = model_metadata(cfg)

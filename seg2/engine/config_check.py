@@ -31,6 +31,7 @@ __all__ = [
     "check_values",
     "check_device",
     "check_output_dir",
+    "check_test_classes",
     "config_differences",
     "nearest",
 ]
@@ -433,6 +434,32 @@ def check_eval_weights(cfg: CfgNode, resuming: bool) -> None:
         )
 
 
+def check_test_classes(cfg: CfgNode) -> None:
+    """Evaluating a checkpoint that stores its classes on data with other classes compares
+    class ids that mean different things: refused, naming both lists."""
+    from detectron2.data import MetadataCatalog
+
+    from .trained_model import read_description
+
+    _, stored = read_description(cfg.MODEL.WEIGHTS)
+    if not stored:
+        return
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        for key in ("thing_classes", "stuff_classes"):
+            mine, theirs = stored.get(key), meta.get(key, None)
+            if mine and theirs and list(mine) != list(theirs):
+                raise ConfigError(
+                    f"DATASETS.TEST: dataset {name!r} has {key} {_shown(theirs)}, but "
+                    f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} was trained on {_shown(mine)} (dataset "
+                    f"{stored.get('dataset', '?')!r}); evaluate on data with the model's classes"
+                )
+
+
+def _shown(names: Sequence[str], n: int = 8) -> str:
+    return "[" + ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "") + "]"
+
+
 # Keys a resumed run may change: where and how long it runs, and test-time settings.
 _RESUMABLE_KEYS = (
     "OUTPUT_DIR",
@@ -522,6 +549,7 @@ def check_config(
     datasets: bool = True,
     output_dir: bool = True,
     require_weights: Optional[bool] = None,
+    test_classes: bool = True,
 ) -> None:
     """Everything checkable before the model and data are built (datasets already
     registered). ``MODEL.WEIGHTS`` is not needed when resuming from OUTPUT_DIR.
@@ -536,6 +564,8 @@ def check_config(
             elsewhere).
         require_weights: ``MODEL.WEIGHTS`` (or a checkpoint to resume) must be given
             (default: ``eval_only``).
+        test_classes: with ``eval_only``, ``DATASETS.TEST`` must have the classes stored in
+            ``MODEL.WEIGHTS`` (off for export, which reads no labels).
     """
     if world_size is None:
         from detectron2.utils import comm
@@ -552,6 +582,8 @@ def check_config(
         check_weights(cfg)
     if eval_only if require_weights is None else require_weights:
         check_eval_weights(cfg, resuming)
+    if eval_only and datasets and test_classes and not resuming:
+        check_test_classes(cfg)
     check_device(cfg)
     if output_dir:
         check_output_dir(cfg)

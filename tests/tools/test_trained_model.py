@@ -221,6 +221,24 @@ class TestTrainedModel(unittest.TestCase):
             self.assertTrue(err.rstrip().endswith(errors[0]))
             self.assert_one_line_error(code, err, errors[0], COUNTS, *MISMATCHED)
 
+    def test_eval_only_on_other_classes_is_refused(self):
+        import train_net  # tools/
+        from detectron2.engine import default_argument_parser
+
+        args = default_argument_parser().parse_args(
+            ["--eval-only", "MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.tmp + "/e3",
+             "DATASETS.TEST", "('synthetic_val_panoptic',)"]
+        )  # fmt: skip
+        code, err = call_main(train_net.main, args)
+        lines = [line for line in err.splitlines() if line.startswith("error")]
+        self.assertEqual((code, len(lines)), (2, 1), err)
+        self.assertEqual(
+            lines[0],
+            "error: DATASETS.TEST: dataset 'synthetic_val_panoptic' has thing_classes [circle, "
+            f"square, triangle], but MODEL.WEIGHTS {self.weights} was trained on [ring, block, "
+            "wedge, star] (dataset 'mine_train'); evaluate on data with the model's classes",
+        )
+
     def test_resume_with_changed_config(self):
         import train_net  # tools/
         from detectron2.engine import default_argument_parser
