@@ -240,12 +240,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
         """Detectron2's loading; the tensors whose shapes do not fit this model (it leaves
         them out, so they keep their fresh initialisation) are logged as one line, or, in
         strict mode, raise an :class:`InputError`."""
+        stores_config = isinstance(checkpoint, dict) and CONFIG_KEY in checkpoint
         incompatible = super()._load_model(checkpoint)
         if incompatible is not None and incompatible.incorrect_shapes:
             if self.strict_shapes or self._resuming:
                 raise InputError(
                     shape_mismatch_error(
-                        self._loading, incompatible.incorrect_shapes, self._resuming
+                        self._loading,
+                        incompatible.incorrect_shapes,
+                        self._resuming,
+                        stores_config,
                     )
                 )
             self.logger.warning(format_shape_mismatches(incompatible.incorrect_shapes))
@@ -292,7 +296,10 @@ _CLASS_ROWS = (
 
 
 def shape_mismatch_error(
-    path: str, mismatches: Sequence[Tuple[str, tuple, tuple]], resuming: bool = False
+    path: str,
+    mismatches: Sequence[Tuple[str, tuple, tuple]],
+    resuming: bool = False,
+    stores_config: bool = True,
 ) -> str:
     """One line for a checkpoint that does not fit the model built from the config: the
     tensors with both shapes and, from the class layers' shapes, both class counts."""
@@ -318,8 +325,12 @@ def shape_mismatch_error(
         )
     else:
         what, advice = "MODEL.WEIGHTS", (
-            "pass the config the checkpoint was trained with (a checkpoint written by seg2 "
-            "training carries it: give MODEL.WEIGHTS without --config-file)"
+            "pass the config the checkpoint was trained with"
+            + (
+                " (it carries it: give MODEL.WEIGHTS without --config-file)"
+                if stores_config
+                else " and the class counts it has"
+            )
         )
     return (
         f"{what} {path or '(checkpoint)'}: {len(mismatches)} tensors do not fit the model of "

@@ -124,6 +124,28 @@ class TestLoadOtherClasses(unittest.TestCase):
         self.check(source, fresh, loaded, messages, ROI_MISMATCHES)
         self.assertGreater(len(source), 100)  # the whole backbone, FPN, RPN and heads
 
+    def test_strict_mode_refuses_in_one_line(self):
+        # inference, evaluation and export load strictly: the same file is an error naming
+        # every tensor, both class counts (5 in the file, 3 in the model) and what to pass
+        from seg2.io import InputError
+
+        path = os.path.join(self.tmp, "model_final_strict.pkl")
+        detectron2_model_zoo_pickle(path)
+        cfg = get_seg2_cfg(INSTANCE_CFG.split("configs/")[1])
+        cfg.MODEL.DEVICE = "cpu"
+        with self.assertRaises(InputError) as ctx:
+            AtomicCheckpointer(build_model(cfg), strict_shapes=True).load(path)
+        msg = str(ctx.exception)
+        self.assertNotIn("\n", msg)
+        self.assertTrue(msg.startswith(f"MODEL.WEIGHTS {path}: 6 tensors do not fit"), msg)
+        for name, (ckpt_shape, model_shape) in ROI_MISMATCHES.items():
+            self.assertIn(f"{name.rsplit('.', 1)[1]} {ckpt_shape}->{model_shape}", msg)
+        self.assertIn(
+            "the checkpoint has 5 thing classes, the config's model 3 thing classes; pass the "
+            "config the checkpoint was trained with and the class counts it has",
+            msg,
+        )
+
     def test_seg2_checkpoint_on_other_classes(self):
         source = seg2_checkpoint(self.tmp)
         fresh, loaded, messages = self.load_into_panoptic_model(
