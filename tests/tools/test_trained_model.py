@@ -289,6 +289,22 @@ class TestWithoutStoredConfig(unittest.TestCase):
                 "trained with, --config-file FILE\n",
             )
 
+    def test_stored_config_with_a_key_this_version_lacks(self):
+        import predict  # tools/
+
+        tmp = tempfile.mkdtemp(prefix="seg2-stored-")
+        path = os.path.join(tmp, "model_final.pth")
+        torch.save({"model": {}, "seg2_config": "MODEL:\n  ROI_HEADS:\n    NUM_CLASES: 3\n"}, path)
+        code, err = call_main(
+            predict.main, ["--input", tmp, "--output", os.path.join(tmp, "p"), "MODEL.WEIGHTS", path]
+        )
+        self.assertEqual(code, 2, err)
+        self.assertEqual(
+            [line for line in err.splitlines() if line.startswith("error")],
+            [f"error: MODEL.WEIGHTS {path}: its stored config: unknown config key "
+             "MODEL.ROI_HEADS.NUM_CLASES; did you mean MODEL.ROI_HEADS.NUM_CLASSES?"],
+        )  # fmt: skip
+
 
 if __name__ == "__main__":
     unittest.main()
