@@ -146,6 +146,29 @@ class TestLoadOtherClasses(unittest.TestCase):
             msg,
         )
 
+    def test_resuming_a_checkpoint_that_does_not_fit_is_refused(self):
+        # resuming continues the same run: other shapes mean another config (for checkpoints
+        # without a stored config, which config_check compares first)
+        from seg2.io import InputError
+
+        out = tempfile.mkdtemp(dir=self.tmp)
+        AtomicCheckpointer(torch.nn.Linear(4, 5), save_dir=out).save("model_0000001")
+        with self.assertRaises(InputError) as ctx:
+            AtomicCheckpointer(torch.nn.Linear(4, 3), save_dir=out).resume_or_load("", resume=True)
+        self.assertEqual(
+            str(ctx.exception),
+            f"--resume {os.path.join(out, 'model_0000001.pth')}: 2 tensors do not fit the model "
+            "of this config (checkpoint->model): weight (5, 4)->(3, 4), bias (5,)->(3,); resume "
+            "with the config this run was trained with (OUTPUT_DIR/config.yaml), or train in a "
+            "new OUTPUT_DIR",
+        )
+        # loading it as MODEL.WEIGHTS (fine-tuning) is allowed, with its summary line
+        with self.assertLogs(CKPT_LOGGER, level="WARNING") as logs:
+            AtomicCheckpointer(torch.nn.Linear(4, 3), save_dir=out).resume_or_load(
+                os.path.join(out, "model_0000001.pth"), resume=False
+            )
+        self.assertTrue(any("Fine-tuning: 2 tensors" in r.getMessage() for r in logs.records))
+
     def test_seg2_checkpoint_on_other_classes(self):
         source = seg2_checkpoint(self.tmp)
         fresh, loaded, messages = self.load_into_panoptic_model(
