@@ -19,6 +19,7 @@ from ..io import InputError
 from ..modeling.roi_align import use_fast_roi_align
 from .checkpoint import AtomicCheckpointer
 from .divergence import TrainingDivergedError, stop_on_non_finite_losses
+from .trained_model import describe_training
 from .resume import (
     CaptureTrainingState,
     ResumableTrainLoader,
@@ -85,6 +86,7 @@ class Seg2Trainer(DefaultTrainer):
             self.cfg.OUTPUT_DIR,
             **self.checkpointer.checkpointables,
             training_state=self.training_state,
+            extra_data=describe_training(self.cfg),  # the file alone rebuilds the model
         )
         self.eval_results = None
         capture = CaptureTrainingState(self.training_state, self.cfg.SOLVER.CHECKPOINT_PERIOD)
@@ -142,8 +144,8 @@ class Seg2Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """Detectron2's SGD, without ``foreach`` off CUDA: Detectron2 turns it on everywhere,
-        but torch's CPU foreach ops still loop per tensor and cost more than the plain loop
-        (22 vs 12 ms per step of the demo model). The updates are the same, bit for bit."""
+        but torch's CPU foreach ops still loop per tensor and cost more than the plain loop.
+        The updates are the same."""
         optimizer = super().build_optimizer(cfg, model)
         if not str(cfg.MODEL.DEVICE).startswith("cuda"):
             for group in optimizer.param_groups:
@@ -160,7 +162,7 @@ class Seg2Trainer(DefaultTrainer):
         dataset = args["dataset"]
         world = comm.get_world_size()
         if args["total_batch_size"] % world:
-            from ..config_check import ConfigError
+            from .config_check import ConfigError
 
             raise ConfigError(
                 f"SOLVER.IMS_PER_BATCH = {args['total_batch_size']} is not divisible by the "
