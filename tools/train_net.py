@@ -16,9 +16,10 @@ exit status 2 (--debug or SEG2_DEBUG=1 shows the traceback).
 import logging
 import os
 
-import seg2  # noqa: F401  (first: registers heads, meta-architectures and datasets)
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
+
+import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
 from seg2.engine.defaults import format_metrics_table, setup_cfg, write_metrics
 from seg2.utils.cli import add_debug_argument, run_cli, set_debug, user_errors
