@@ -11,6 +11,7 @@ never a luminance), :func:`read_panoptic_png` (COCO panoptic ids). Writers are a
 import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
@@ -25,6 +26,7 @@ except ImportError:  # optional: only faster
 
 __all__ = [
     "InputError",
+    "not_a_file",
     "read_json",
     "open_image",
     "read_image",
@@ -32,6 +34,7 @@ __all__ = [
     "BitDepthRule",
     "read_label_png",
     "read_label",
+    "read_label_npy",
     "read_panoptic_png",
     "atomic_open",
     "write_json",
@@ -47,15 +50,27 @@ class InputError(ValueError):
     """
 
 
+def not_a_file(path: str, what: str) -> str:
+    """Why ``path`` cannot be read as a file: it is a directory, or it does not exist."""
+    if os.path.isdir(path):
+        return f"{what} path is a directory, not a file"
+    return f"{what} file not found"
+
+
+# 19 or more digits in a row: an integer orjson would turn into a float (beyond 64 bits).
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
 def read_json(path: str, what: str = "JSON") -> Any:
     """Parse a JSON file; a missing, non-UTF-8 or malformed file raises InputError naming it.
-    orjson parses when installed (faster); the standard parser takes
-    over for what orjson refuses (NaN, huge integers) and for the error's line and column."""
+    orjson parses when installed (faster); the standard parser takes over for what orjson
+    refuses (NaN), for integers beyond 64 bits (orjson reads them as floats, which would
+    turn an id into a rounded float) and for the error's line and column."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: {what} file not found")
+        raise InputError(f"{path}: {not_a_file(path, what)}")
     with open(path, "rb") as f:
         raw = f.read()
-    if orjson is not None:
+    if orjson is not None and not _LONG_DIGITS.search(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -75,8 +90,8 @@ def _image_error(path: str, what: str, formats: Optional[Sequence[str]], e: Exce
     one :class:`InputError` naming the file."""
     if isinstance(e, InputError):
         return e
-    if isinstance(e, FileNotFoundError):
-        return InputError(f"{path}: {what} file not found")
+    if isinstance(e, (FileNotFoundError, IsADirectoryError)):
+        return InputError(f"{path}: {not_a_file(path, what)}")
     if isinstance(e, Image.UnidentifiedImageError):
         kind = f"a {' or '.join(formats)} file" if formats else "an image format PIL reads"
         return InputError(f"{path}: unreadable {what} (not {kind})")
@@ -221,7 +236,7 @@ def load_image(
     rule = bit_depth or BitDepthRule()
     notes: List[str] = []
     if not os.path.isfile(path):
-        raise InputError(f"{path}: image file not found")
+        raise InputError(f"{path}: {not_a_file(path, 'image')}")
     try:
         img = open_image(path)
     except InputError as e:
@@ -286,11 +301,31 @@ def read_label(path: str, what: str = "label") -> np.ndarray:
     """Semantic labels from a label PNG (:func:`read_label_png`) or a ``.npy`` array, the two
     forms a dataset dict's ``sem_seg_file_name`` may name."""
     if path.endswith(".npy"):
-        try:
-            return np.load(path)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: unreadable {what} array ({type(e).__name__}: {e})") from None
+        return read_label_npy(path, what)
     return read_label_png(path, what)
+
+
+def read_label_npy(path: str, what: str = "label") -> np.ndarray:
+    """A ``.npy`` label array, held to what a label PNG can hold: (H, W) integer class ids
+    (bool read as 0/1). Float labels are refused rather than truncated; value ranges are
+    checked against the classes by the dataset validation."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {not_a_file(path, what + ' array')}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: unreadable {what} array ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2:
+        shape = getattr(arr, "shape", None)
+        raise InputError(f"{path}: {what} array has shape {shape}; expected (height, width)")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(
+            f"{path}: {what} array has dtype {arr.dtype}; class ids must be integers "
+            "(as in a label PNG)"
+        )
+    return arr
 
 
 def read_panoptic_png(path: str, what: str = "panoptic") -> np.ndarray:

@@ -28,6 +28,10 @@ from seg2.io import InputError
 from seg2.utils.cli import add_debug_argument, set_debug, split_overrides, user_errors
 
 
+# The names data given by path is registered under.
+PATH_NAMES = ("check_coco_instances", "check_coco_panoptic", "check_semantic")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,13 +123,18 @@ def check(args) -> int:
         raise InputError(
             f"--datasets: {unknown} not registered (DATASETS.SEG2.* registers data by path)"
         )
-    configure_validation(cfg, on_bad_sample="report")
+    # Data given by path is checked as data that is scored; the config says which others are.
+    scored = frozenset(cfg.DATASETS.TEST) | (set(PATH_NAMES) & set(names))
+    configure_validation(cfg, on_bad_sample="report", scored=scored)
     bad, unusable = 0, 0
     for name in names:
         try:
             report = validate_datasets(None, [name])[name]
         except InputError as e:  # the dataset as a whole is unusable (e.g. malformed JSON)
-            print(f"error: dataset '{name}': {e}", file=sys.stderr)
+            msg = str(e)
+            if not msg.startswith(f"dataset '{name}'"):
+                msg = f"dataset '{name}': {msg}"
+            print(f"error: {msg}", file=sys.stderr)
             unusable += 1
             continue
         print(report.format(args.max_problems))

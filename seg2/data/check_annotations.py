@@ -8,11 +8,15 @@ import numbers
 from collections import Counter
 from typing import Dict, List, Tuple
 
-__all__ = ["check_coco_panoptic_json"]
+__all__ = ["check_coco_panoptic_json", "check_not_empty", "check_stuff_not_crowd"]
 
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+# COCO ids end up in int64 arrays (pycocotools, Detectron2, torch).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _is_num(v) -> bool:
@@ -30,13 +34,13 @@ def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set
             continue
         v = x.get("id")
         sample = sample_of(x) if sample_of else None
-        if not _is_int(v):
+        if not _is_int(v) or not INT64_MIN <= v <= INT64_MAX:
             report.add(
                 path,
                 f"{kind} #{i}",
                 "id",
                 v,
-                "id must be an integer",
+                "id must be an integer" if not _is_int(v) else "id does not fit in 64 bits",
                 sample if isinstance(sample, (str, int, float)) else None,
             )
             continue
@@ -61,7 +65,17 @@ def _top_level(data, path: str, report) -> bool:
                 path, "", key, data.get(key, "<missing>"), "top-level field missing or not a list"
             )
             ok = False
-    return ok
+    return ok and check_not_empty(data, path, report)
+
+
+def check_not_empty(data: Dict, path: str, report) -> bool:
+    """A COCO file with no image, no category or no annotation has nothing to train on or
+    score (Detectron2 would stop on an assertion); False if so."""
+    for key in ("images", "categories", "annotations"):
+        if not data[key]:
+            report.add(path, "", key, [], f"no {key}: nothing to train on or score")
+            return False
+    return True
 
 
 def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
@@ -70,7 +84,9 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     ids = _check_ids(images, path, "image", report, sample_of=lambda im: im.get("id"))
     known, usable = {}, {}
     for im in images:
-        if isinstance(im, dict) and isinstance(im.get("id"), (str, float)):
+        if isinstance(im, dict) and (
+            isinstance(im.get("id"), (str, float)) or (_is_int(im.get("id")) and im["id"] not in ids)
+        ):
             known.setdefault(im["id"], im)  # reported; references to it are not reported again
         if not isinstance(im, dict) or im.get("id") not in ids or im["id"] in known:
             continue
@@ -140,6 +156,7 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
     known, images = _check_images_json(data["images"], path, report)
     cats = _check_categories(data["categories"], path, report, panoptic=True)
     seen = Counter()
+    num_segments = 0
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             report.add(path, f"annotation #{i}", "", a, "annotation is not a JSON object")
@@ -180,6 +197,8 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
             )
             continue
         ids = Counter(s.get("id") for s in segs if isinstance(s, dict))
+        dup_reported = set()
+        num_segments += len(segs)
         for s in segs:
             if not isinstance(s, dict):
                 report.add(path, where, "segments_info", s, "segment is not a JSON object", img_id)
@@ -195,7 +214,11 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                     img_id,
                 )
             elif ids[s["id"]] > 1:
-                report.add(path, sw, "id", s["id"], "two segments share this id", img_id)
+                if s["id"] not in dup_reported:
+                    report.add(
+                        path, sw, "id", s["id"], f"{ids[s['id']]} segments share this id", img_id
+                    )
+                dup_reported.add(s["id"])
             if s.get("category_id") not in cats:
                 report.add(
                     path,
@@ -218,6 +241,16 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                 )
             if s.get("iscrowd", 0) not in (0, 1, True, False):
                 report.add(path, sw, "iscrowd", s.get("iscrowd"), "must be 0 or 1", img_id)
+            else:
+                check_stuff_not_crowd(s, cats, path, sw, report, img_id)
+    if images and seen and not num_segments:
+        report.add(
+            path,
+            "",
+            "segments_info",
+            [],
+            "no image has a segment: nothing to train on or score",
+        )
     for img_id in images:
         if img_id not in seen:
             report.add(
@@ -229,3 +262,18 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                 img_id,
             )
     return True
+
+
+def check_stuff_not_crowd(seg: Dict, cats: Dict, path: str, where: str, report, sample) -> None:
+    """COCO panoptic marks only thing segments as crowd: PQ drops crowd segments from
+    matching, so a crowd stuff segment would silently vanish from the score."""
+    cat = cats.get(seg.get("category_id"))
+    if seg.get("iscrowd") and cat is not None and not cat.get("isthing"):
+        report.add(
+            path,
+            where,
+            "iscrowd",
+            seg["iscrowd"],
+            f"category {seg['category_id']} is stuff (isthing 0); only thing segments can be crowd",
+            sample,
+        )

@@ -7,9 +7,20 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..io import InputError, load_image, read_label, read_panoptic_png
+from ..io import InputError, load_image, not_a_file, read_label, read_panoptic_png
 
-__all__ = ["check_image_file", "check_label_file", "check_panoptic_file", "check_dataset_dicts"]
+__all__ = [
+    "ALL_IGNORE_NOTE",
+    "check_image_file",
+    "check_label_file",
+    "check_panoptic_file",
+    "check_dataset_dicts",
+    "check_some_labelled",
+]
+
+ALL_IGNORE_NOTE = (
+    "label with every pixel the ignore label: the image adds no loss and no score"
+)
 
 
 def check_image_file(
@@ -43,8 +54,12 @@ def check_image_file(
     return img.height, img.width
 
 
-def check_label_file(path: str, hw, report, sample, num_classes: int, ignore_label: int) -> None:
-    """A semantic label PNG: one channel (palette = indices), size, values < num_classes."""
+def check_label_file(
+    path: str, hw, report, sample, num_classes: int, ignore_label: int
+) -> Optional[int]:
+    """A semantic label PNG or ``.npy``: one channel (palette = indices) of integers, size,
+    values in 0..num_classes-1 or the ignore label. Returns how many pixels carry a class
+    (not the ignore label), None if the file is unreadable."""
     try:
         sem = read_label(path)
     except (InputError, OSError, ValueError) as e:
@@ -56,7 +71,7 @@ def check_label_file(path: str, hw, report, sample, num_classes: int, ignore_lab
             str(e).replace(f"{path}: ", ""),
             sample,
         )
-        return
+        return None
     if hw is not None and tuple(sem.shape[:2]) != tuple(hw):
         report.add(
             path,
@@ -67,7 +82,7 @@ def check_label_file(path: str, hw, report, sample, num_classes: int, ignore_lab
             sample,
         )
     if num_classes:
-        bad = (sem >= num_classes) & (sem != ignore_label)
+        bad = ((sem >= num_classes) | (sem < 0)) & (sem != ignore_label)
         if bad.any():
             vals = sorted(np.unique(sem[bad]).tolist())
             report.add(
@@ -75,9 +90,29 @@ def check_label_file(path: str, hw, report, sample, num_classes: int, ignore_lab
                 f"label of {sample!r}",
                 "value",
                 vals[:5],
-                f">= the {num_classes} classes and not the ignore label {ignore_label}",
+                f"not a class id 0..{num_classes - 1} nor the ignore label {ignore_label}",
                 sample,
             )
+    labelled = int(np.count_nonzero(sem != ignore_label))
+    if labelled == 0:
+        report.note(ALL_IGNORE_NOTE, os.path.basename(path))
+    return labelled
+
+
+def check_some_labelled(labelled: List[Optional[int]], report, source: str, ignore: int) -> None:
+    """A split whose every readable label is all ignore trains at loss 0 and scores nothing:
+    an error for the dataset as a whole (single such images are noted, see
+    ``ALL_IGNORE_NOTE``)."""
+    counts = [n for n in labelled if n is not None]
+    if counts and len(counts) == len(labelled) and not any(counts):
+        report.add(
+            source or report.dataset,
+            "",
+            "sem_seg_file_name",
+            f"{len(counts)} label file(s)",
+            f"every pixel of every label is the ignore label {ignore}: nothing to train on "
+            "or score",
+        )
 
 
 def check_panoptic_file(path: str, hw, segments: List[Dict], report, sample, source: str) -> None:
@@ -137,6 +172,7 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
         return
     num_classes = len(meta.get("stuff_classes", []) or [])
     ignore = meta.get("ignore_label", 255)
+    labelled = []
     for d in dicts:
         sample = d.get("image_id", d.get("file_name"))
         hw = (d["height"], d["width"]) if "height" in d and "width" in d else None
@@ -145,15 +181,17 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
             if hw is None
             else (check_image_file(d["file_name"], hw, report, sample, opts, source) and hw)
         )
-        if "sem_seg_file_name" in d and os.path.exists(d["sem_seg_file_name"]):
-            check_label_file(d["sem_seg_file_name"], hw, report, sample, num_classes, ignore)
+        if "sem_seg_file_name" in d and os.path.isfile(d["sem_seg_file_name"]):
+            labelled.append(
+                check_label_file(d["sem_seg_file_name"], hw, report, sample, num_classes, ignore)
+            )
         elif "sem_seg_file_name" in d:
             report.add(
                 d["sem_seg_file_name"],
                 f"image {sample!r}",
                 "sem_seg_file_name",
                 os.path.basename(d["sem_seg_file_name"]),
-                "label file not found",
+                not_a_file(d["sem_seg_file_name"], "label"),
                 sample,
             )
         if "pan_seg_file_name" in d:
@@ -165,3 +203,5 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
                 sample,
                 source or d["pan_seg_file_name"],
             )
+    if labelled and len(labelled) == len(dicts):
+        check_some_labelled(labelled, report, source, ignore)

@@ -2,7 +2,9 @@
 (polygons, flat polygon lists, RLE) and box against its image. Each adds every problem it finds
 to a :class:`~.validate.ValidationReport` and returns; none raises on bad data."""
 
-from typing import Dict, List, Optional
+import math
+import os
+from typing import Dict, List, Optional, Tuple
 
 import pycocotools.mask as mask_util
 
@@ -16,7 +18,27 @@ from .check_annotations import (
     _top_level,
 )
 
-__all__ = ["FLAT_POLYGON_NOTE", "check_coco_instances_json"]
+__all__ = [
+    "FLAT_POLYGON_NOTE",
+    "AREA_NOTE",
+    "POLYGON_MARGIN",
+    "check_coco_instances_json",
+    "check_polygon_extent",
+    "check_rle_total",
+    "check_area",
+    "segmentation_area",
+    "check_instances_match_panoptic",
+]
+
+# How far (pixels) a polygon point may lie outside its image: COCO's own polygons reach a
+# pixel or two past the border, and rasterising clips them as training and evaluation do.
+POLYGON_MARGIN = 4.0
+# 'area' further than this factor (beyond the rasterisation slack) from the mask's area.
+AREA_FACTOR = 2.0
+AREA_NOTE = (
+    "'area' differs from the mask's area by more than a factor of 2: training ignores it, "
+    "COCO evaluation reads it (small/medium/large ranges)"
+)
 
 FLAT_POLYGON_NOTE = (
     "flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"
@@ -215,8 +237,12 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
             if new is not None and new is not seg:
                 a, changed = dict(a, segmentation=new), True
             seg = new
+            if seg is not None and not check_polygon_extent(seg, im, path, where, report, img_id):
+                seg = None  # never rasterised: the error says why
         elif isinstance(seg, dict):
             seg = _check_rle(seg, im, path, where, report, img_id)
+            if seg is not None and not check_rle_total(seg, im, path, where, report, img_id):
+                seg = None
         else:
             report.add(
                 path,
@@ -272,9 +298,172 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
                 "must be a non-negative number (COCO evaluation reads it)",
                 img_id,
             )
+        elif seg is not None:
+            check_area(a["area"], seg, im, path, where, report, img_id)
         fixed_anns.append(a)
     if not changed:
         return data
     return dict(
         data, annotations=fixed_anns + [a for a in data["annotations"] if not isinstance(a, dict)]
     )
+
+
+def check_polygon_extent(polys: List, im: Dict, path: str, where: str, report, sample) -> bool:
+    """Every point within ``POLYGON_MARGIN`` of the image, checked before anything is
+    rasterised: pycocotools walks each polygon edge pixel by pixel, so one point far outside
+    (1e12) would allocate without bound. False (each such polygon reported) otherwise."""
+    h, w, ok = im["height"], im["width"], True
+    for k, poly in enumerate(polys):
+        xs, ys = poly[0::2], poly[1::2]
+        outside = [
+            max(-x, x - w, -y, y - h, 0.0) for x, y in zip(xs, ys)
+        ]  # distance past the border, per axis
+        j = max(range(len(outside)), key=outside.__getitem__)
+        if outside[j] > POLYGON_MARGIN:
+            report.add(
+                path,
+                where,
+                f"segmentation[{k}]",
+                [xs[j], ys[j]],
+                f"point {j} lies {outside[j]:.6g} px outside the {w}x{h} image "
+                f"(more than {POLYGON_MARGIN:g} px)",
+                sample,
+            )
+            ok = False
+    return ok
+
+
+def rle_string_total(counts: str) -> int:
+    """Sum of the runs of a compressed COCO RLE string (the pixels it spans), decoded as
+    pycocotools' ``rleFrString`` does, without allocating a mask."""
+    total, runs, p, prev2, prev1 = 0, 0, 0, 0, 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more and p < len(counts):
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if runs > 2:
+            x += prev2
+        prev2, prev1 = prev1, x
+        total, runs = total + x, runs + 1
+    return total
+
+
+def check_rle_total(seg: Dict, im: Dict, path: str, where: str, report, sample) -> bool:
+    """A compressed RLE's runs must cover exactly height*width pixels (pycocotools decodes
+    other counts into a wrong mask or refuses them mid-training)."""
+    if not isinstance(seg.get("counts"), str):
+        return True  # uncompressed runs are summed by _check_rle
+    n, total = im["height"] * im["width"], rle_string_total(seg["counts"])
+    if total != n:
+        report.add(
+            path,
+            where,
+            "segmentation.counts",
+            f"runs summing to {total}",
+            f"RLE runs must sum to height*width = {n}",
+            sample,
+        )
+        return False
+    return True
+
+
+def segmentation_area(seg, im: Dict) -> Tuple[float, float]:
+    """(area, slack) of a checked segmentation without rasterising: polygons by the shoelace
+    formula (slack: half the perimeter, what rasterisation can add or remove at the
+    border), RLE exactly (slack 0)."""
+    if isinstance(seg, dict):
+        h, w = im["height"], im["width"]
+        if isinstance(seg["counts"], list):
+            rle = mask_util.frPyObjects(seg, h, w)
+        else:
+            rle = dict(seg, counts=seg["counts"].encode())
+        return float(mask_util.area(rle)), 0.0
+    area, perimeter = 0.0, 0.0
+    for poly in seg:
+        xs, ys = poly[0::2], poly[1::2]
+        n = len(xs)
+        area += abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+        perimeter += sum(
+            math.hypot(xs[(i + 1) % n] - xs[i], ys[(i + 1) % n] - ys[i]) for i in range(n)
+        )
+    return area, perimeter / 2
+
+
+def check_area(area: float, seg, im: Dict, path: str, where: str, report, sample) -> None:
+    """The JSON 'area' against the segmentation's: COCO evaluation reads 'area' (ranges
+    small/medium/large), training ignores it. Off by more than ``AREA_FACTOR`` beyond the
+    rasterisation slack is a problem of the datasets that are scored and a note for the
+    others (see ``ValidationReport.add_scored``)."""
+    ref, slack = segmentation_area(seg, im)
+    slack += 1.0
+    if area * AREA_FACTOR >= ref - slack and area <= AREA_FACTOR * (ref + slack):
+        return
+    report.add_scored(
+        AREA_NOTE,
+        path,
+        where,
+        "area",
+        area,
+        f"the segmentation covers about {ref:.0f} px (COCO evaluation reads 'area' for its "
+        "small/medium/large ranges)",
+        sample,
+    )
+
+
+def check_instances_match_panoptic(
+    inst: Dict, inst_path: str, pan_cats: List, pan_path: str, report
+) -> bool:
+    """A panoptic dataset's instances JSON must describe its thing classes: the same
+    category ids and names as the panoptic categories with ``isthing`` 1, and no instance
+    of a stuff category (that category is then stuff in one file, a thing in the other).
+    False if the categories disagree: Detectron2's metadata cannot hold both."""
+    things = {
+        c["id"]: c for c in pan_cats if isinstance(c, dict) and c.get("isthing") and "id" in c
+    }
+    stuff = {
+        c["id"]: c for c in pan_cats if isinstance(c, dict) and not c.get("isthing") and "id" in c
+    }
+    cats = {c["id"]: c for c in inst["categories"] if isinstance(c, dict) and "id" in c}
+    ok = True
+    for cid in sorted(set(cats) | set(things), key=str):
+        if cid in stuff:
+            report.add(
+                pan_path,
+                f"category {cid}",
+                "isthing",
+                stuff[cid].get("isthing", "<missing>"),
+                f"stuff here, but a thing category of {os.path.basename(inst_path)}",
+            )
+        elif cid not in things:
+            report.add(
+                inst_path,
+                f"category {cid}",
+                "id",
+                cid,
+                f"not a thing category of {os.path.basename(pan_path)}",
+            )
+        elif cid not in cats:
+            report.add(
+                pan_path,
+                f"category {cid}",
+                "isthing",
+                things[cid].get("isthing"),
+                f"a thing here, but not a category of {os.path.basename(inst_path)}",
+            )
+        elif str(cats[cid].get("name")) != str(things[cid].get("name", cid)):
+            report.add(
+                inst_path,
+                f"category {cid}",
+                "name",
+                cats[cid].get("name"),
+                f"is {things[cid].get('name')!r} in {os.path.basename(pan_path)}",
+            )
+        else:
+            continue
+        ok = False
+    return ok

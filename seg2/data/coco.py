@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..io import InputError, read_json, write_json
+from ..io import InputError, not_a_file, read_json, write_json
 from .check_instances import FLAT_POLYGON_NOTE, check_coco_instances_json
 from .check_files import check_image_file
 from .validate import ValidationReport, finish_validation, validation_options
@@ -50,6 +50,8 @@ def check_coco_instances(json_file: str, image_root: Optional[str], report: Vali
             continue
         path = os.path.join(image_root, im["file_name"])
         hw = (im.get("height"), im.get("width"))
+        if not all(isinstance(v, int) and v > 0 for v in hw):
+            hw = None  # reported by check_coco_instances_json; no second line on the size
         if opts.check_files:
             check_image_file(path, hw, report, im.get("id"), opts, json_file)
         elif not os.path.isfile(path):
@@ -58,7 +60,7 @@ def check_coco_instances(json_file: str, image_root: Optional[str], report: Vali
                 f"image {im.get('id')!r}",
                 "file_name",
                 im["file_name"],
-                "image file not found",
+                not_a_file(path, "image"),
                 im.get("id"),
             )
     return fixed

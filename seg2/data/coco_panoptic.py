@@ -14,6 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..io import InputError, read_json, read_panoptic_png, write_png
 from .check_annotations import check_coco_panoptic_json
 from .check_files import check_dataset_dicts
+from .check_instances import check_instances_match_panoptic
 from .coco import check_coco_instances, keep_images, load_coco_dicts
 from .validate import ValidationReport, finish_validation, validation_options
 from .synthetic.meta import IGNORE_LABEL
@@ -166,6 +167,10 @@ def load_coco_panoptic(
     check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json)
     report.num_samples = len(images)
     inst_data = check_coco_instances(instances_json, None, report) if instances_json else None
+    if inst_data is not None:
+        check_instances_match_panoptic(
+            inst_data, instances_json, data["categories"], panoptic_json, report
+        )
     dicts = finish_validation(report, dicts, lambda d: d["image_id"])
 
     if semantic_root is None:

@@ -17,7 +17,7 @@ import copy
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -50,6 +50,8 @@ class Problem:
     value: Any
     message: str
     sample: Optional[Hashable] = None
+    # Set for a problem only where the dataset is scored: the note kind it becomes elsewhere.
+    note: Optional[str] = None
 
     def __str__(self) -> str:
         where = f" {self.where}:" if self.where else ""
@@ -71,6 +73,13 @@ class ValidationReport:
 
     def add(self, file: str, where: str, fld: str, value: Any, message: str, sample=None) -> None:
         self.problems.append(Problem(file, where, fld, value, message, sample))
+
+    def add_scored(
+        self, note: str, file: str, where: str, fld: str, value: Any, message: str, sample=None
+    ) -> None:
+        """A problem where the dataset is scored (``DATASETS.TEST``), else a note of kind
+        ``note`` (e.g. a COCO 'area' that training never reads)."""
+        self.problems.append(Problem(file, where, fld, value, message, sample, note))
 
     def note(self, kind: str, item: str) -> None:
         """Record one conversion of ``kind`` (counted, the first items shown)."""
@@ -121,6 +130,8 @@ class ValidationOptions:
     on_bad_sample: str = "error"
     check_files: bool = True
     bit_depth: BitDepthRule = BitDepthRule()
+    # Names of the datasets that are scored (DATASETS.TEST); None: every dataset.
+    scored: Optional[FrozenSet[str]] = None
 
 
 _OPTIONS = [ValidationOptions()]
@@ -140,6 +151,7 @@ def configure_validation(cfg=None, **overrides) -> ValidationOptions:
             on_bad_sample=cfg.DATASETS.SEG2.ON_BAD_SAMPLE,
             check_files=bool(cfg.DATASETS.SEG2.CHECK_FILES),
             bit_depth=BitDepthRule.from_cfg(cfg),
+            scored=frozenset(cfg.DATASETS.TEST),
         )
     kw.update(overrides)
     opts = ValidationOptions(**{**validation_options().__dict__, **kw})
@@ -163,6 +175,7 @@ def finish_validation(
     the broken samples (``skip``; each logged). ``sample_of`` maps a dict to its sample key."""
     _REPORTS[report.dataset] = report
     report.num_samples = report.num_samples or len(dicts)
+    demote_unscored(report, validation_options().scored)
     for line in report.note_lines():
         logger.info(f"[validate] {report.dataset}: {line}")
     policy = validation_options().on_bad_sample
@@ -174,7 +187,7 @@ def finish_validation(
             if report.fatal
             else "; DATASETS.SEG2.ON_BAD_SAMPLE skip drops broken samples instead"
         )
-        raise InputError(f"{report.format()}\n{len(report.problems)} problem(s){hint}")
+        raise InputError(error_message(report, hint))
     bad = report.bad_samples
     kept = [d for d in dicts if sample_of(d) not in bad]
     if policy == "skip":
@@ -187,6 +200,23 @@ def finish_validation(
     if not kept:
         raise InputError(f"{report.format()}\nevery sample of '{report.dataset}' is broken")
     return kept
+
+
+def demote_unscored(report: ValidationReport, scored: Optional[FrozenSet[str]]) -> None:
+    """Turn the problems that matter only for scoring into notes when the dataset is not
+    scored (``scored`` None: every dataset is)."""
+    if scored is None or report.dataset in scored:
+        return
+    for p in [p for p in report.problems if p.note]:
+        report.note(p.note, f"{p.where} ({p.field} = {p.value!r})")
+    report.problems = [p for p in report.problems if not p.note]
+
+
+def error_message(report: ValidationReport, hint: str = "") -> str:
+    """One line for a single problem, else the report with a count."""
+    if len(report.problems) == 1:
+        return f"dataset '{report.dataset}': {report.problems[0]}{hint}"
+    return f"{report.format()}\n{len(report.problems)} problem(s){hint}"
 
 
 def _sample_key(d: Dict) -> Hashable:

@@ -349,7 +349,7 @@ class TestSemantic(ValidationCase):
             f"image '{stem}': field 'sem_seg_file_name' = '{stem}.png': no label in {labels}", msg
         )
         self.assertIn(f"{big}: label of", msg)
-        self.assertIn("field 'value' = [9]: >= the 7 classes and not the ignore label 255", msg)
+        self.assertIn("field 'value' = [9]: not a class id 0..6 nor the ignore label 255", msg)
         self.assertIn(f"field 'size' = [10, {arr.shape[1]}]", msg)
         self.assertIn("must have one channel of class ids, got mode 'RGB'", msg)
 
