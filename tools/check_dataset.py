@@ -27,7 +27,6 @@ except ImportError:  # run from a checkout without installing
 from seg2.io import InputError
 from seg2.utils.cli import add_debug_argument, set_debug, split_overrides, user_errors
 
-
 # The names data given by path is registered under.
 PATH_NAMES = ("check_coco_instances", "check_coco_panoptic", "check_semantic")
 

@@ -85,7 +85,8 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     known, usable = {}, {}
     for im in images:
         if isinstance(im, dict) and (
-            isinstance(im.get("id"), (str, float)) or (_is_int(im.get("id")) and im["id"] not in ids)
+            isinstance(im.get("id"), (str, float))
+            or (_is_int(im.get("id")) and im["id"] not in ids)
         ):
             known.setdefault(im["id"], im)  # reported; references to it are not reported again
         if not isinstance(im, dict) or im.get("id") not in ids or im["id"] in known:

@@ -18,9 +18,7 @@ __all__ = [
     "check_some_labelled",
 ]
 
-ALL_IGNORE_NOTE = (
-    "label with every pixel the ignore label: the image adds no loss and no score"
-)
+ALL_IGNORE_NOTE = "label with every pixel the ignore label: the image adds no loss and no score"
 
 
 def check_image_file(

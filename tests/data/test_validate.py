@@ -367,6 +367,244 @@ class TestSemantic(ValidationCase):
         np.testing.assert_array_equal(read_label_png(os.path.join(labels, f)), arr)
 
 
+class TestProbeCases(ValidationCase):
+    """Inputs that once crashed training, exhausted memory or passed silently: each is one
+    problem line naming the file, the id and the field (or a counted note where training
+    and scoring stay right)."""
+
+    def setUp(self):
+        super().setUp()
+        configure_validation(scored=None)  # loaded directly: scored, as check_dataset by path
+
+    def one_problem(self, msg: str) -> str:
+        """The message of a single problem is one line, starting with the dataset."""
+        self.assertNotIn("\n", msg)
+        self.assertTrue(msg.startswith("dataset '"), msg)
+        return msg
+
+    def test_polygon_far_outside_is_refused_before_rasterising(self):
+        d = self.data
+        a = next(x for x in d["annotations"] if isinstance(x["segmentation"], list))
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        poly = a["segmentation"][0]
+        # rasterised, this edge would be walked pixel by pixel (terabytes)
+        poly[0] = 1e12
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertIn(
+            f"ann.json: annotation {a['id']}: field 'segmentation[0]' = [1000000000000.0, {poly[1]}]: "
+            f"point 0 lies 1e+12 px outside the {im['width']}x{im['height']} image",
+            msg,
+        )
+        # the tolerance: COCO polygons reach a few pixels past the border
+        poly[0], poly[1] = im["width"] + 4.0, -4.0
+        a["bbox"] = [
+            float(v)
+            for v in mask_util.toBbox(
+                mask_util.merge(mask_util.frPyObjects(a["segmentation"], im["height"], im["width"]))
+            )
+        ]
+        name = unique("margin")
+        load_coco_instances(self.write(d), self.images, name)
+        self.assertFalse([p for p in last_report(name).problems], last_report(name).format())
+        poly[0] = im["width"] + 4.5
+        self.assertIn("point 0 lies 4.5 px outside", self.problems(self.write(d)))
+
+    def test_no_images_no_annotations(self):
+        for key in ("images", "annotations"):
+            d = json.load(open(self.ann))
+            d[key] = []
+            if key == "images":
+                d["annotations"] = []
+            msg = self.one_problem(self.problems(self.write(d)))
+            self.assertIn(f"ann.json: field '{key}' = []: no {key}", msg)
+
+    def test_area_against_the_segmentation(self):
+        d = self.data
+        a = next(x for x in d["annotations"] if isinstance(x["segmentation"], list))
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], im["height"], im["width"]))
+        pixels = int(mask_util.area(rle))
+        a["area"] = 0
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertRegex(
+            msg,
+            rf"ann.json: annotation {a['id']}: field 'area' = 0: the segmentation covers about \d+ px",
+        )
+        covers = int(msg.split("covers about ")[1].split()[0])
+        self.assertLess(abs(covers - pixels), 0.1 * pixels)  # shoelace vs pycocotools' raster
+        a["area"] = 0.6 * pixels  # within the factor: accepted
+        load_coco_instances(self.write(d), self.images, unique("area"))
+        # a dataset that is only trained on: a note with a count (training ignores 'area')
+        a["area"] = 0
+        configure_validation(scored=frozenset())
+        name = unique("train_only")
+        load_coco_instances(self.write(d), self.images, name)
+        report = last_report(name)
+        self.assertTrue(report.ok)
+        (line,) = [x for x in report.note_lines() if "'area'" in x]
+        self.assertIn(f"1 time(s), e.g. annotation {a['id']} (area = 0)", line)
+
+    def test_rle_runs_and_64_bit_ids(self):
+        d = self.data
+        a = d["annotations"][0]
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        big = mask_util.encode(
+            np.asfortranarray(np.ones((im["height"] + 3, im["width"]), np.uint8))
+        )
+        a["segmentation"] = {"size": [im["height"], im["width"]], "counts": big["counts"].decode()}
+        a["area"] = im["height"] * im["width"]
+        d["categories"][0]["id"] = 2**70
+        msg = self.problems(self.write(d))
+        self.assertIn(
+            f"annotation {a['id']}: field 'segmentation.counts' = 'runs summing to "
+            f"{(im['height'] + 3) * im['width']}': RLE runs must sum to height*width = "
+            f"{im['height'] * im['width']}",
+            msg,
+        )
+        self.assertIn(f"category #0: field 'id' = {2**70}: id does not fit in 64 bits", msg)
+
+    def test_directory_named_as_a_directory(self):
+        d = self.data
+        path = os.path.join(self.images, d["images"][0]["file_name"])
+        os.remove(path)
+        os.mkdir(path)
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertIn(f"{path}: image {d['images'][0]['id']}: field 'file_name'", msg)
+        self.assertIn("image path is a directory, not a file", msg)
+
+    def panoptic(self):
+        return json.load(open(f"{self.root}/annotations/panoptic_val.json"))
+
+    def load_panoptic(self, pan, inst=None):
+        return load_coco_panoptic(
+            self.write(pan, "pan.json"),
+            self.images,
+            f"{self.root}/panoptic_val",
+            panoptic_metadata(pan["categories"]),
+            instances_json=self.write(inst, "inst.json") if inst else None,
+            dataset_name=unique("pan"),
+            cache_dir=os.path.join(self.root, "cache"),
+        )
+
+    def test_panoptic_categories_disagree_with_instances(self):
+        pan = self.panoptic()
+        thing = pan["categories"][0]
+        thing["isthing"] = 0
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan, self.data)
+        msg = self.one_problem(str(ctx.exception))
+        self.assertIn(
+            f"pan.json: category {thing['id']}: field 'isthing' = 0: stuff here, but a thing "
+            "category of inst.json",
+            msg,
+        )
+        # instances annotated on a stuff category
+        pan = self.panoptic()
+        stuff = next(c for c in pan["categories"] if not c["isthing"])
+        self.data["categories"].append({"id": stuff["id"], "name": stuff["name"]})
+        self.data["annotations"][0]["category_id"] = stuff["id"]
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan, self.data)
+        self.assertIn(
+            f"pan.json: category {stuff['id']}: field 'isthing' = 0: stuff here, but a thing "
+            "category of inst.json",
+            self.one_problem(str(ctx.exception)),
+        )
+
+    def test_crowd_stuff_and_duplicate_segments(self):
+        pan = self.panoptic()
+        cats = {c["id"]: c for c in pan["categories"]}
+        ann = pan["annotations"][0]
+        seg = next(s for s in ann["segments_info"] if not cats[s["category_id"]]["isthing"])
+        seg["iscrowd"] = 1
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan)
+        self.assertIn(
+            f"pan.json: segment {seg['id']} of image {ann['image_id']}: field 'iscrowd' = 1: "
+            f"category {seg['category_id']} is stuff (isthing 0)",
+            self.one_problem(str(ctx.exception)),
+        )
+        thing = next(s for s in ann["segments_info"] if cats[s["category_id"]]["isthing"])
+        thing["iscrowd"] = 1  # a crowd thing segment is COCO's own convention
+        seg["iscrowd"] = 0
+        ann["segments_info"].append(dict(ann["segments_info"][0]))
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan)
+        msg = self.one_problem(str(ctx.exception))
+        self.assertEqual(msg.count("share this id"), 1)
+        self.assertIn(
+            f"field 'id' = {ann['segments_info'][0]['id']}: 2 segments share this id", msg
+        )
+
+    def test_panoptic_without_segments(self):
+        pan = self.panoptic()
+        for ann in pan["annotations"]:
+            ann["segments_info"] = []
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan)
+        self.assertIn(
+            "pan.json: field 'segments_info' = []: no image has a segment", str(ctx.exception)
+        )
+
+
+class TestSemanticLabels(ValidationCase):
+    """.npy labels are held to a label PNG's rules; ignore-only labels are counted."""
+
+    def setUp(self):
+        super().setUp()
+        self.labels = f"{self.root}/semantic_val"
+        self.files = sorted(os.listdir(self.labels))
+        self.names = [f"c{i}" for i in range(7)]
+
+    def to_npy(self, f, arr):
+        os.remove(os.path.join(self.labels, f))
+        path = os.path.join(self.labels, os.path.splitext(f)[0] + ".npy")
+        np.save(path, arr)
+        return path
+
+    def test_npy_dtype_and_range(self):
+        arr = np.asarray(Image.open(os.path.join(self.labels, self.files[0])))
+        floats = self.to_npy(self.files[0], arr.astype(np.float32))
+        neg = arr.astype(np.int64)
+        neg[3, 4] = -1
+        negative = self.to_npy(self.files[1], neg)
+        fine = self.to_npy(self.files[2], arr.astype(np.int32))
+        with self.assertRaises(InputError) as ctx:
+            load_semantic(self.images, self.labels, self.names, unique("npy"))
+        msg = str(ctx.exception)
+        self.assertIn(
+            f"{floats}: label of '{self.images}/{os.path.splitext(self.files[0])[0]}.png': "
+            "field 'sem_seg_file_name' = ",
+            msg,
+        )
+        self.assertIn("label array has dtype float32; class ids must be integers", msg)
+        self.assertIn(f"{negative}: label of", msg)
+        self.assertIn("field 'value' = [-1]: not a class id 0..6 nor the ignore label 255", msg)
+        self.assertNotIn(fine, msg)
+        self.assertIn("2 problem(s) in 2 sample(s)", msg)
+
+    def test_ignore_only_labels(self):
+        for i, f in enumerate(self.files):
+            arr = np.asarray(Image.open(os.path.join(self.labels, f)))
+            Image.fromarray(np.full_like(arr, 255)).save(os.path.join(self.labels, f))
+            if i == 0:  # one ignore-only image: a note with its count
+                name = unique("one")
+                load_semantic(self.images, self.labels, self.names, name)
+                (line,) = [x for x in last_report(name).note_lines() if "ignore label" in x]
+                self.assertIn(f"1 time(s), e.g. {f}", line)
+        with self.assertRaises(InputError) as ctx:
+            load_semantic(self.images, self.labels, self.names, unique("all"))
+        self.assertIn(
+            f"{self.labels}: field 'sem_seg_file_name' = '{len(self.files)} label file(s)': "
+            "every pixel of every label is the ignore label 255",
+            self.one_line(str(ctx.exception)),
+        )
+
+    def one_line(self, msg):
+        self.assertNotIn("\n", msg)
+        return msg
+
+
 class TestRegisteredDatasets(ValidationCase):
     def test_config_registration_and_cityscapes_dicts(self):
         """DATASETS.SEG2.SEMANTIC registers from the config; a Cityscapes-format split (not
