@@ -292,10 +292,13 @@ def probe_copy():
     path = coco("negwidth", d)
     expected["negwidth"] = f"{path}: image {d['images'][0]['id']}: field 'width' = -128"
     d = inst()
-    folder = os.path.join(images, d["images"][1]["file_name"].replace(".png", "_dir.png"))
+    dir_images = shutil.copytree(images, f"{root}/images/val_dir")  # the other cases keep theirs
+    folder = os.path.join(dir_images, d["images"][1]["file_name"])
+    os.remove(folder)
     os.mkdir(folder)
-    d["images"][1]["file_name"] = os.path.basename(folder)
-    coco("dirimg", d)
+    path = f"{ann_dir}/dirimg.json"
+    json.dump(d, open(path, "w"))
+    entries["COCO_INSTANCES"].append(["dirimg", path, dir_images])
     expected["dirimg"] = (
         f"{folder}: image {d['images'][1]['id']}: field 'file_name' = '{os.path.basename(folder)}': "
         "image path is a directory, not a file"
