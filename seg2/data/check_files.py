@@ -16,6 +16,7 @@ __all__ = [
     "check_panoptic_file",
     "check_dataset_dicts",
     "check_some_labelled",
+    "check_folder",
 ]
 
 ALL_IGNORE_NOTE = "label with every pixel the ignore label: the image adds no loss and no score"
@@ -203,3 +204,12 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
             )
     if labelled and len(labelled) == len(dicts):
         check_some_labelled(labelled, report, source, ignore)
+
+
+def check_folder(folder: str, what: str, report, source: str) -> bool:
+    """A root folder the dataset's files are joined to (one line, not one per file)."""
+    if os.path.isdir(folder):
+        return True
+    why = "folder path is a file" if os.path.exists(folder) else "folder not found"
+    report.add(source, "", what, folder, why)
+    return False

@@ -6,6 +6,7 @@ import math
 import os
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import pycocotools.mask as mask_util
 
 from .check_annotations import (
@@ -24,8 +25,10 @@ __all__ = [
     "POLYGON_MARGIN",
     "check_coco_instances_json",
     "check_polygon_extent",
+    "outline_limit",
     "check_rle_total",
     "check_area",
+    "check_not_all_crowd",
     "segmentation_area",
     "check_instances_match_panoptic",
 ]
@@ -301,6 +304,7 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
         elif seg is not None:
             check_area(a["area"], seg, im, path, where, report, img_id)
         fixed_anns.append(a)
+    check_not_all_crowd(data["annotations"], path, report)
     if not changed:
         return data
     return dict(
@@ -309,28 +313,51 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
 
 
 def check_polygon_extent(polys: List, im: Dict, path: str, where: str, report, sample) -> bool:
-    """Every point within ``POLYGON_MARGIN`` of the image, checked before anything is
-    rasterised: pycocotools walks each polygon edge pixel by pixel, so one point far outside
-    (1e12) would allocate without bound. False (each such polygon reported) otherwise."""
+    """What rasterising a polygon costs, checked before anything is rasterised: every point
+    within ``POLYGON_MARGIN`` of the image, and the outline's pixel walk (pycocotools steps
+    along every edge pixel by pixel, allocating as it goes) at most ``outline_limit`` of
+    the image. One point at 1e12, or a zigzag of many long edges, would otherwise allocate
+    without bound. False (each such polygon reported) otherwise."""
     h, w, ok = im["height"], im["width"], True
+    walked, limit = 0.0, outline_limit(h, w)
     for k, poly in enumerate(polys):
-        xs, ys = poly[0::2], poly[1::2]
-        outside = [
-            max(-x, x - w, -y, y - h, 0.0) for x, y in zip(xs, ys)
-        ]  # distance past the border, per axis
-        j = max(range(len(outside)), key=outside.__getitem__)
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        outside = np.maximum(
+            np.maximum(-pts[:, 0], pts[:, 0] - w), np.maximum(-pts[:, 1], pts[:, 1] - h)
+        )
+        j = int(np.argmax(outside))
         if outside[j] > POLYGON_MARGIN:
             report.add(
                 path,
                 where,
                 f"segmentation[{k}]",
-                [xs[j], ys[j]],
+                [poly[2 * j], poly[2 * j + 1]],
                 f"point {j} lies {outside[j]:.6g} px outside the {w}x{h} image "
                 f"(more than {POLYGON_MARGIN:g} px)",
                 sample,
             )
             ok = False
+            continue
+        walked += float(np.abs(pts - np.roll(pts, -1, axis=0)).max(axis=1).sum())
+        if ok and walked > limit:
+            report.add(
+                path,
+                where,
+                f"segmentation[{k}]",
+                f"{len(pts)} points",
+                f"the outline runs {walked:.0f} px, more than {limit} px for a {w}x{h} image "
+                "(edges crossing the image over and over)",
+                sample,
+            )
+            ok = False
     return ok
+
+
+def outline_limit(h: int, w: int) -> int:
+    """The longest polygon outline (pixels walked, all polygons of an annotation) taken for
+    an image: an eighth of its pixels, at least 16 times around it; far beyond any real
+    outline, and bounds rasterising at a small multiple of the image's memory."""
+    return int(max(h * w / 8, 32 * (h + w)))
 
 
 def rle_string_total(counts: str) -> int:
@@ -413,6 +440,20 @@ def check_area(area: float, seg, im: Dict, path: str, where: str, report, sample
         "small/medium/large ranges)",
         sample,
     )
+
+
+def check_not_all_crowd(anns: List, path: str, report) -> None:
+    """Crowd regions are neither trained on nor matched in evaluation: a file whose every
+    annotation is crowd has nothing to train on or score (Detectron2 would drop every image)."""
+    anns = [a for a in anns if isinstance(a, dict)]
+    if anns and all(a.get("iscrowd") in (1, True) for a in anns):
+        report.add(
+            path,
+            "",
+            "iscrowd",
+            f"1 on all {len(anns)} annotation(s)",
+            "every annotation is a crowd region: nothing to train on or score",
+        )
 
 
 def check_instances_match_panoptic(

@@ -9,7 +9,7 @@ from detectron2.data.datasets import load_coco_json
 
 from ..io import InputError, not_a_file, read_json, write_json
 from .check_instances import FLAT_POLYGON_NOTE, check_coco_instances_json
-from .check_files import check_image_file
+from .check_files import check_folder, check_image_file
 from .validate import ValidationReport, finish_validation, validation_options
 
 __all__ = [
@@ -42,6 +42,8 @@ def check_coco_instances(json_file: str, image_root: Optional[str], report: Vali
         return None
     opts = validation_options()
     report.num_samples = len(fixed["images"])
+    if image_root is not None and not check_folder(image_root, "image_root", report, json_file):
+        return fixed
     for im in fixed["images"]:
         if (
             not (isinstance(im, dict) and isinstance(im.get("file_name"), str))

@@ -13,7 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..io import InputError, read_json, read_panoptic_png, write_png
 from .check_annotations import check_coco_panoptic_json
-from .check_files import check_dataset_dicts
+from .check_files import check_dataset_dicts, check_folder
 from .check_instances import check_instances_match_panoptic
 from .coco import check_coco_instances, keep_images, load_coco_dicts
 from .validate import ValidationReport, finish_validation, validation_options
@@ -164,7 +164,10 @@ def load_coco_panoptic(
             stem = os.path.splitext(ann["file_name"])[0]
             record["sem_seg_file_name"] = os.path.join(semantic_root, stem + ".png")
         dicts.append(record)
-    check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json)
+    roots = [("image_root", image_root), ("panoptic_root", panoptic_root)]
+    roots += [("semantic_root", semantic_root)] if semantic_root is not None else []
+    if all([check_folder(folder, what, report, panoptic_json) for what, folder in roots]):
+        check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json)
     report.num_samples = len(images)
     inst_data = check_coco_instances(instances_json, None, report) if instances_json else None
     if inst_data is not None:

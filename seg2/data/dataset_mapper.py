@@ -99,12 +99,12 @@ class Seg2DatasetMapper:
         # Class ids, palette PNGs as their indices: the same reader as the evaluators'.
         sem = read_label(path)
         if self.num_classes:
-            bad = (sem >= self.num_classes) & (sem != self.ignore_label)
+            bad = ((sem >= self.num_classes) | (sem < 0)) & (sem != self.ignore_label)
             if bad.any():
                 raise InputError(
-                    f"{path}: label value(s) {sorted(np.unique(sem[bad]).tolist())[:5]} are >= "
-                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={self.num_classes} and not the ignore "
-                    f"label {self.ignore_label}"
+                    f"{path}: label value(s) {sorted(np.unique(sem[bad]).tolist())[:5]} are not "
+                    f"class ids 0..{self.num_classes - 1} (MODEL.SEM_SEG_HEAD.NUM_CLASSES="
+                    f"{self.num_classes}) nor the ignore label {self.ignore_label}"
                 )
         return sem
 

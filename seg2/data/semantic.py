@@ -29,7 +29,8 @@ def load_semantic(
     values >= ``len(class_names)`` are all reported together (``seg2.data.validate``)."""
     for folder, what in ((image_root, "image"), (label_root, "label")):
         if not os.path.isdir(folder):
-            raise InputError(f"{folder}: {what} folder not found")
+            why = "folder path is a file" if os.path.exists(folder) else "folder not found"
+            raise InputError(f"{folder}: {what} {why}")
     report = ValidationReport(dataset_name or label_root)
     images = {
         os.path.splitext(f)[0]: f

@@ -409,6 +409,42 @@ class TestProbeCases(ValidationCase):
         poly[0] = im["width"] + 4.5
         self.assertIn("point 0 lies 4.5 px outside", self.problems(self.write(d)))
 
+    def test_zigzag_outline_is_refused_before_rasterising(self):
+        d = self.data
+        a = next(x for x in d["annotations"] if isinstance(x["segmentation"], list))
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        h, w = im["height"], im["width"]
+        zigzag = []
+        for i in range(2000):  # inside the image, each edge crossing it
+            zigzag += [0.0, float(i % h), w - 1.0, float((7 * i) % h)]
+        a["segmentation"] = [zigzag]
+        msg = self.one_problem(self.problems(self.write(d)))
+        # pixels walked: every edge's larger side, as pycocotools steps along it
+        pts = np.asarray(zigzag).reshape(-1, 2)
+        walk = np.abs(pts - np.roll(pts, -1, axis=0)).max(axis=1).sum()
+        self.assertIn(
+            f"annotation {a['id']}: field 'segmentation[0]' = '4000 points': the outline runs "
+            f"{walk:.0f} px, more than {max(h * w // 8, 32 * (h + w))} px for a {w}x{h} image",
+            msg,
+        )
+
+    def test_every_annotation_crowd(self):
+        for x in self.data["annotations"]:
+            x["iscrowd"] = 1
+        msg = self.one_problem(self.problems(self.write(self.data)))
+        self.assertIn(
+            f"ann.json: field 'iscrowd' = '1 on all {len(self.data['annotations'])} "
+            "annotation(s)': every annotation is a crowd region",
+            msg,
+        )
+
+    def test_root_folders_that_are_files(self):
+        path = self.write(self.data)
+        msg = self.one_problem(self.problems(path, images=path))
+        self.assertIn(f"ann.json: field 'image_root' = '{path}': folder path is a file", msg)
+        with self.assertRaisesRegex(InputError, f"^{path}: label folder path is a file$"):
+            load_semantic(self.images, path, ["a"], unique("semfile"))
+
     def test_no_images_no_annotations(self):
         for key in ("images", "annotations"):
             d = json.load(open(self.ann))
