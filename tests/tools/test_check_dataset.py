@@ -275,6 +275,21 @@ def probe_copy():
         "point 0 lies 1e+12 px outside the 128x128 image"
     )
     d = inst()
+    a = d["annotations"][0]
+    a["segmentation"] = [[0.0, 0.0, 127.0, 1.0] * 1000]  # 2000 edges across the image
+    path = coco("zigzag", d)
+    expected["zigzag"] = (
+        f"{path}: annotation {a['id']}: field 'segmentation[0]' = '2000 points': the outline "
+        "runs 254000 px, more than 8192 px for a 128x128 image"
+    )
+    d = inst()
+    for a in d["annotations"]:
+        a["iscrowd"] = 1
+    path = coco("allcrowd", d)
+    expected["allcrowd"] = (
+        f"{path}: field 'iscrowd' = '1 on all {len(d['annotations'])} annotation(s)'"
+    )
+    d = inst()
     d["images"], d["annotations"] = [], []
     path = coco("noimg", d)
     expected["noimg"] = f"{path}: field 'images' = []: no images"
@@ -282,11 +297,15 @@ def probe_copy():
         d = inst()
         d["annotations"][0]["area"] = 0
         path = coco(name, d)
-    expected["area0"] = f"{ann_dir}/area0.json: annotation {d['annotations'][0]['id']}: field 'area' = 0"
+    expected["area0"] = (
+        f"{ann_dir}/area0.json: annotation {d['annotations'][0]['id']}: field 'area' = 0"
+    )
     d = inst()
     d["annotations"][0]["category_id"] = 2**70
     path = coco("bigid", d)
-    expected["bigid"] = f"{path}: annotation {d['annotations'][0]['id']}: field 'category_id' = {2**70}: not among"
+    expected["bigid"] = (
+        f"{path}: annotation {d['annotations'][0]['id']}: field 'category_id' = {2**70}: not among"
+    )
     d = inst()
     d["images"][0]["width"] = -128
     path = coco("negwidth", d)
@@ -334,7 +353,9 @@ def probe_copy():
     segs = p["annotations"][0]["segments_info"]
     segs.append(dict(segs[0]))
     path = panoptic("pan_dup", p)
-    expected["pan_dup"] = f"{path}: segment {segs[0]['id']} of image {p['annotations'][0]['image_id']}: field 'id'"
+    expected["pan_dup"] = (
+        f"{path}: segment {segs[0]['id']} of image {p['annotations'][0]['image_id']}: field 'id'"
+    )
 
     def semantic(name, change):
         labels = f"{root}/{name}"
@@ -352,7 +373,9 @@ def probe_copy():
         np.save(f"{labels}/{f[:-4]}.npy", arr)
 
     labels = semantic("sem_npy", npy)
-    expected["sem_npy"] = f"{labels}/000001.npy: label of '{images}/000001.png': field 'value' = [-1]"
+    expected["sem_npy"] = (
+        f"{labels}/000001.npy: label of '{images}/000001.png': field 'value' = [-1]"
+    )
 
     def npy_float(labels, f, arr):
         np.save(f"{labels}/{f[:-4]}.npy", arr.astype(np.float32 if f == "000002.png" else np.uint8))
