@@ -21,6 +21,8 @@ from .check_annotations import (
 
 __all__ = [
     "FLAT_POLYGON_NOTE",
+    "KEYPOINTS_NOTE",
+    "AMENDING_NOTES",
     "AREA_NOTE",
     "POLYGON_MARGIN",
     "check_coco_instances_json",
@@ -29,6 +31,7 @@ __all__ = [
     "check_rle_total",
     "check_area",
     "check_not_all_crowd",
+    "check_loader_fields",
     "segmentation_area",
     "check_instances_match_panoptic",
 ]
@@ -46,6 +49,9 @@ AREA_NOTE = (
 FLAT_POLYGON_NOTE = (
     "flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"
 )
+KEYPOINTS_NOTE = "'keypoints' dropped: seg2's models have no keypoint head"
+# Notes of conversions made in the data handed to Detectron2's loader.
+AMENDING_NOTES = (FLAT_POLYGON_NOTE, KEYPOINTS_NOTE)
 BOX_NOTE = (
     "'bbox' differs from the box of the mask by more than a pixel: training uses the mask's "
     "box, bbox AP evaluation uses the JSON 'bbox'"
@@ -224,6 +230,9 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
             )
         if a.get("iscrowd", 0) not in (0, 1, True, False):
             report.add(path, where, "iscrowd", a.get("iscrowd"), "must be 0 or 1", img_id)
+        kept = check_loader_fields(a, path, where, report, img_id)
+        if kept is not a:
+            a, changed = kept, True
         seg = a.get("segmentation")
         if seg is None:
             if with_seg:
@@ -440,6 +449,26 @@ def check_area(area: float, seg, im: Dict, path: str, where: str, report, sample
         "small/medium/large ranges)",
         sample,
     )
+
+
+def check_loader_fields(a: Dict, path: str, where: str, report, sample) -> Dict:
+    """Fields Detectron2's COCO loader reads beyond what seg2 uses: ``ignore`` (its loader
+    asserts it is 0) and ``keypoints`` (no seg2 model has a keypoint head; Detectron2 would
+    transform them and stop at the first flip without flip indices), dropped with a note.
+    Returns the annotation to load."""
+    if a.get("ignore", 0) not in (0, False):
+        report.add(
+            path,
+            where,
+            "ignore",
+            a["ignore"],
+            "Detectron2 does not read 'ignore'; mark the region 'iscrowd': 1 instead",
+            sample,
+        )
+    if "keypoints" in a:
+        report.note(KEYPOINTS_NOTE, where)
+        a = {k: v for k, v in a.items() if k != "keypoints"}
+    return a
 
 
 def check_not_all_crowd(anns: List, path: str, report) -> None:

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..io import InputError, not_a_file, read_json, write_json
-from .check_instances import FLAT_POLYGON_NOTE, check_coco_instances_json
+from .check_instances import AMENDING_NOTES, check_coco_instances_json
 from .check_files import check_folder, check_image_file
 from .validate import ValidationReport, finish_validation, validation_options
 
@@ -109,7 +109,7 @@ def load_coco_instances(json_file: str, image_root: str, dataset_name: str) -> L
         finish_validation(report, [], lambda im: None)
     images = [im for im in data["images"] if isinstance(im, dict)]
     kept = finish_validation(report, images, lambda im: im.get("id"))
-    amended = len(kept) != len(data["images"]) or report.notes.get(FLAT_POLYGON_NOTE)
+    amended = len(kept) != len(data["images"]) or any(report.notes.get(n) for n in AMENDING_NOTES)
     if len(kept) != len(data["images"]):
         data = keep_images(data, [im["id"] for im in kept])
     return load_coco_dicts(data if amended else None, json_file, image_root, dataset_name)

@@ -445,6 +445,32 @@ class TestProbeCases(ValidationCase):
         with self.assertRaisesRegex(InputError, f"^{path}: label folder path is a file$"):
             load_semantic(self.images, path, ["a"], unique("semfile"))
 
+    def test_keypoints_dropped_and_ignore_refused(self):
+        """A COCO person-keypoints file: Detectron2's mapper would transform the keypoints
+        and stop at the first horizontal flip (no flip indices); seg2 has no keypoint head,
+        so they are dropped with a note. Detectron2's loader asserts 'ignore' is 0."""
+        from detectron2.data import transforms as T
+        from detectron2.data.detection_utils import transform_instance_annotations
+
+        for a in self.data["annotations"]:
+            x, y = a["bbox"][:2]
+            a["keypoints"], a["num_keypoints"] = [x + 1, y + 1, 2] * 3, 3
+        name = unique("kp")
+        dicts = load_coco_instances(self.write(self.data), self.images, name)
+        (line,) = [x for x in last_report(name).note_lines() if "keypoints" in x]
+        self.assertIn(f"{len(self.data['annotations'])} time(s)", line)
+        d = dicts[0]
+        flip = T.TransformList([T.HFlipTransform(d["width"])])
+        for anno in d["annotations"]:
+            self.assertNotIn("keypoints", anno)
+            transform_instance_annotations(anno, flip, (d["height"], d["width"]))
+        a = self.data["annotations"][1]
+        a["ignore"] = 1
+        msg = self.one_problem(self.problems(self.write(self.data)))
+        self.assertIn(
+            f"ann.json: annotation {a['id']}: field 'ignore' = 1: Detectron2 does not", msg
+        )
+
     def test_no_images_no_annotations(self):
         for key in ("images", "annotations"):
             d = json.load(open(self.ann))
