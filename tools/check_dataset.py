@@ -108,7 +108,7 @@ def check(args) -> int:
     from detectron2.data import DatasetCatalog
 
     from seg2.data.datasets import register_from_config
-    from seg2.data.validate import configure_validation, validate_datasets
+    from seg2.data.validate import check_same_classes, configure_validation, validate_datasets
 
     cfg = load_cfg(args)
     register_from_config(cfg)
@@ -126,6 +126,11 @@ def check(args) -> int:
     scored = frozenset(cfg.DATASETS.TEST) | (set(PATH_NAMES) & set(names))
     configure_validation(cfg, on_bad_sample="report", scored=scored)
     bad, unusable = 0, 0
+    try:  # as training checks them, when the training datasets are among those checked
+        check_same_classes([n for n in cfg.DATASETS.TRAIN if n in names])
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        unusable += 1
     for name in names:
         try:
             report = validate_datasets(None, [name])[name]

@@ -32,6 +32,7 @@ __all__ = [
     "finish_validation",
     "validate_datasets",
     "last_report",
+    "check_same_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ def validate_datasets(cfg, names: Sequence[str]) -> Dict[str, ValidationReport]:
     """
     if cfg is not None:
         configure_validation(cfg)
+        check_same_classes(cfg.DATASETS.TRAIN)
     reports = {}
     for name in dict.fromkeys(names):
         if name not in DatasetCatalog.list():
@@ -268,3 +270,27 @@ def validate_datasets(cfg, names: Sequence[str]) -> Dict[str, ValidationReport]:
         DatasetCatalog.register(name, load)
         reports[name] = _REPORTS[name]
     return reports
+
+
+def check_same_classes(names: Sequence[str]) -> None:
+    """The datasets trained on together must name the same classes in the same order (one
+    set of class ids); Detectron2 would stop on the difference with a traceback naming no
+    dataset. Read from the metadata, before anything is loaded."""
+    names = [n for n in dict.fromkeys(names) if n in DatasetCatalog.list()]
+    for key in ("thing_classes", "stuff_classes"):
+        have = [(n, list(MetadataCatalog.get(n).get(key, None) or [])) for n in names]
+        have = [(n, v) for n, v in have if v]
+        for name, classes in have[1:]:
+            first, ref = have[0]
+            if classes == ref:
+                continue
+            i = next((i for i, (a, b) in enumerate(zip(classes, ref)) if a != b), None)
+            diff = (
+                f"class {i} is {classes[i]!r} there and {ref[i]!r} in '{first}'"
+                if i is not None
+                else f"{len(classes)} classes there, {len(ref)} in '{first}'"
+            )
+            raise InputError(
+                f"DATASETS.TRAIN: '{name}' and '{first}' have different {key} ({diff}); "
+                "datasets trained on together need one list of classes"
+            )

@@ -394,6 +394,12 @@ def probe_copy():
         f"{labels}: field 'sem_seg_file_name' = '4 label file(s)': every pixel of every label "
         "is the ignore label 255"
     )
+    for name, classes in (("sem_ok", "a,b,c,d,e,f,g"), ("sem_other", "a,b,c,d,e,f,x")):
+        entries["SEMANTIC"].append([name, images, f"{root}/semantic_val", classes])
+    expected["classes"] = (
+        "DATASETS.TRAIN: 'sem_other' and 'sem_ok' have different stuff_classes "
+        "(class 6 is 'x' there and 'g' in 'sem_ok')"
+    )
     return root, expected, entries
 
 
@@ -419,7 +425,8 @@ class TestProbeCases(unittest.TestCase):
             {
                 "DATASETS": {
                     "SEG2": cls.entries,
-                    "TRAIN": ["area0_train"],  # trained on only: 'area' is a note
+                    # trained on only: 'area' is a note; two label sets trained together
+                    "TRAIN": ["area0_train", "sem_ok", "sem_other"],
                     "TEST": ["area0"],  # scored: 'area' is an error
                 }
             },
@@ -437,7 +444,7 @@ class TestProbeCases(unittest.TestCase):
         self.assertIn("dataset 'area0_train': 4 sample(s), no problems", self.check_out)
         self.assertRegex(self.check_out, r"note: 'area' differs .*: 1 time\(s\), e.g. annotation")
 
-    def train(self, name):
+    def train(self, name, train=None):
         out_dir = tempfile.mkdtemp(prefix="seg2-probe-out-")
         rc, out, err = run_tool(
             [
@@ -452,7 +459,7 @@ class TestProbeCases(unittest.TestCase):
                     for x in (f"DATASETS.SEG2.{key}", json.dumps(value))
                 ],
                 "DATASETS.TRAIN",
-                f'("{name}",)',
+                train or f'("{name}",)',
                 "DATASETS.TEST",
                 "()",
                 *TestTrainNetData.SMALL,
@@ -463,7 +470,8 @@ class TestProbeCases(unittest.TestCase):
         self.assertNotIn("Traceback", out + err)
         self.assertNotIn("Starting training", out + err)
         (line,) = [x for x in err.splitlines() if x.startswith("error:")]
-        self.assertTrue(line.startswith(f"error: dataset '{name}': {self.expected[name]}"), line)
+        prefix = "error: " if train else f"error: dataset '{name}': "
+        self.assertTrue(line.startswith(f"{prefix}{self.expected[name]}"), line)
         self.assertIn(self.expected[name], self.check_out)  # check_dataset says the same
 
     def test_train_net_polygon_far_outside(self):
@@ -483,6 +491,10 @@ class TestProbeCases(unittest.TestCase):
 
     def test_train_net_ignore_only_split(self):
         self.train("sem_ignore")
+
+    def test_train_net_training_sets_with_different_classes(self):
+        self.CONFIGS = dict(self.CONFIGS, classes=self.CONFIGS["sem_npy"])
+        self.train("classes", train='("sem_ok", "sem_other")')
 
 
 if __name__ == "__main__":
