@@ -13,6 +13,7 @@ apply as in training. Prints one report per dataset (every problem with its file
 and value; each kind of conversion once with a count). Exit status: 0 all clean, 1 problems
 found, 2 unusable input (one line on stderr, no traceback).
 """
+
 import argparse
 import os
 import sys
@@ -108,7 +109,12 @@ def check(args) -> int:
     from detectron2.data import DatasetCatalog
 
     from seg2.data.datasets import register_from_config
-    from seg2.data.validate import check_same_classes, configure_validation, validate_datasets
+    from seg2.data.validate import (
+        check_same_classes,
+        check_trainable,
+        configure_validation,
+        validate_datasets,
+    )
 
     cfg = load_cfg(args)
     register_from_config(cfg)
@@ -122,8 +128,10 @@ def check(args) -> int:
         raise InputError(
             f"--datasets: {unknown} not registered (DATASETS.SEG2.* registers data by path)"
         )
-    # Data given by path is checked as data that is scored; the config says which others are.
+    # Data given by path is checked as data that is trained on and scored; the config says
+    # which others are.
     scored = frozenset(cfg.DATASETS.TEST) | (set(PATH_NAMES) & set(names))
+    trained = set(cfg.DATASETS.TRAIN) | (set(PATH_NAMES) & set(names))
     configure_validation(cfg, on_bad_sample="report", scored=scored)
     bad, unusable = 0, 0
     try:  # as training checks them, when the training datasets are among those checked
@@ -134,6 +142,8 @@ def check(args) -> int:
     for name in names:
         try:
             report = validate_datasets(None, [name])[name]
+            if name in trained:  # as training checks it
+                check_trainable(name, DatasetCatalog.get(name))
         except InputError as e:  # the dataset as a whole is unusable (e.g. malformed JSON)
             msg = str(e)
             if not msg.startswith(f"dataset '{name}'"):

@@ -69,12 +69,12 @@ def _top_level(data, path: str, report) -> bool:
 
 
 def check_not_empty(data: Dict, path: str, report) -> bool:
-    """A COCO file with no image, no category or no annotation has nothing to train on or
-    score (Detectron2 would stop on an assertion); False if so."""
-    for key in ("images", "categories", "annotations"):
-        if not data[key]:
-            report.add(path, "", key, [], f"no {key}: nothing to train on or score")
-            return False
+    """A COCO file with no image has nothing to train on or score (Detectron2 would stop on
+    an assertion); False if so. Files without annotations are refused only for training
+    (see ``check_trainable``): scoring them gives NaN with a warning."""
+    if not data["images"]:
+        report.add(path, "", "images", [], "no images: nothing to train on or score")
+        return False
     return True
 
 
@@ -157,7 +157,6 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
     known, images = _check_images_json(data["images"], path, report)
     cats = _check_categories(data["categories"], path, report, panoptic=True)
     seen = Counter()
-    num_segments = 0
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
             report.add(path, f"annotation #{i}", "", a, "annotation is not a JSON object")
@@ -199,7 +198,6 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
             continue
         ids = Counter(s.get("id") for s in segs if isinstance(s, dict))
         dup_reported = set()
-        num_segments += len(segs)
         for s in segs:
             if not isinstance(s, dict):
                 report.add(path, where, "segments_info", s, "segment is not a JSON object", img_id)
@@ -244,14 +242,6 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                 report.add(path, sw, "iscrowd", s.get("iscrowd"), "must be 0 or 1", img_id)
             else:
                 check_stuff_not_crowd(s, cats, path, sw, report, img_id)
-    if images and seen and not num_segments:
-        report.add(
-            path,
-            "",
-            "segments_info",
-            [],
-            "no image has a segment: nothing to train on or score",
-        )
     for img_id in images:
         if img_id not in seen:
             report.add(

@@ -15,7 +15,6 @@ __all__ = [
     "check_label_file",
     "check_panoptic_file",
     "check_dataset_dicts",
-    "check_some_labelled",
     "check_folder",
 ]
 
@@ -98,22 +97,6 @@ def check_label_file(
     return labelled
 
 
-def check_some_labelled(labelled: List[Optional[int]], report, source: str, ignore: int) -> None:
-    """A split whose every readable label is all ignore trains at loss 0 and scores nothing:
-    an error for the dataset as a whole (single such images are noted, see
-    ``ALL_IGNORE_NOTE``)."""
-    counts = [n for n in labelled if n is not None]
-    if counts and len(counts) == len(labelled) and not any(counts):
-        report.add(
-            source or report.dataset,
-            "",
-            "sem_seg_file_name",
-            f"{len(counts)} label file(s)",
-            f"every pixel of every label is the ignore label {ignore}: nothing to train on "
-            "or score",
-        )
-
-
 def check_panoptic_file(path: str, hw, segments: List[Dict], report, sample, source: str) -> None:
     """A panoptic PNG against its ``segments_info``: RGB mode, size, the same segment ids."""
     try:
@@ -171,7 +154,6 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
         return
     num_classes = len(meta.get("stuff_classes", []) or [])
     ignore = meta.get("ignore_label", 255)
-    labelled = []
     for d in dicts:
         sample = d.get("image_id", d.get("file_name"))
         hw = (d["height"], d["width"]) if "height" in d and "width" in d else None
@@ -181,9 +163,7 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
             else (check_image_file(d["file_name"], hw, report, sample, opts, source) and hw)
         )
         if "sem_seg_file_name" in d and os.path.isfile(d["sem_seg_file_name"]):
-            labelled.append(
-                check_label_file(d["sem_seg_file_name"], hw, report, sample, num_classes, ignore)
-            )
+            check_label_file(d["sem_seg_file_name"], hw, report, sample, num_classes, ignore)
         elif "sem_seg_file_name" in d:
             report.add(
                 d["sem_seg_file_name"],
@@ -202,8 +182,6 @@ def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "")
                 sample,
                 source or d["pan_seg_file_name"],
             )
-    if labelled and len(labelled) == len(dicts):
-        check_some_labelled(labelled, report, source, ignore)
 
 
 def check_folder(folder: str, what: str, report, source: str) -> bool:

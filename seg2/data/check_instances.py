@@ -2,7 +2,6 @@
 (polygons, flat polygon lists, RLE) and box against its image. Each adds every problem it finds
 to a :class:`~.validate.ValidationReport` and returns; none raises on bad data."""
 
-import math
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -30,7 +29,6 @@ __all__ = [
     "outline_limit",
     "check_rle_total",
     "check_area",
-    "check_not_all_crowd",
     "check_loader_fields",
     "segmentation_area",
     "check_instances_match_panoptic",
@@ -313,7 +311,6 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
         elif seg is not None:
             check_area(a["area"], seg, im, path, where, report, img_id)
         fixed_anns.append(a)
-    check_not_all_crowd(data["annotations"], path, report)
     if not changed:
         return data
     return dict(
@@ -421,12 +418,10 @@ def segmentation_area(seg, im: Dict) -> Tuple[float, float]:
         return float(mask_util.area(rle)), 0.0
     area, perimeter = 0.0, 0.0
     for poly in seg:
-        xs, ys = poly[0::2], poly[1::2]
-        n = len(xs)
-        area += abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
-        perimeter += sum(
-            math.hypot(xs[(i + 1) % n] - xs[i], ys[(i + 1) % n] - ys[i]) for i in range(n)
-        )
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        nxt = np.roll(pts, -1, axis=0)
+        area += abs(float(np.sum(pts[:, 0] * nxt[:, 1] - nxt[:, 0] * pts[:, 1]))) / 2
+        perimeter += float(np.hypot(*(nxt - pts).T).sum())
     return area, perimeter / 2
 
 
@@ -469,20 +464,6 @@ def check_loader_fields(a: Dict, path: str, where: str, report, sample) -> Dict:
         report.note(KEYPOINTS_NOTE, where)
         a = {k: v for k, v in a.items() if k != "keypoints"}
     return a
-
-
-def check_not_all_crowd(anns: List, path: str, report) -> None:
-    """Crowd regions are neither trained on nor matched in evaluation: a file whose every
-    annotation is crowd has nothing to train on or score (Detectron2 would drop every image)."""
-    anns = [a for a in anns if isinstance(a, dict)]
-    if anns and all(a.get("iscrowd") in (1, True) for a in anns):
-        report.add(
-            path,
-            "",
-            "iscrowd",
-            f"1 on all {len(anns)} annotation(s)",
-            "every annotation is a crowd region: nothing to train on or score",
-        )
 
 
 def check_instances_match_panoptic(

@@ -15,6 +15,7 @@ other registered dataset (Cityscapes, the real samples) through its dataset dict
 
 import copy
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "validate_datasets",
     "last_report",
     "check_same_classes",
+    "check_trainable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -261,6 +263,8 @@ def validate_datasets(cfg, names: Sequence[str]) -> Dict[str, ValidationReport]:
             reports[name] = _REPORTS.get(name)
             continue
         dicts = _checked_dicts(name, loader)
+        if cfg is not None and name in cfg.DATASETS.TRAIN:
+            check_trainable(name, dicts)
 
         def load(dicts=dicts):
             return copy.deepcopy(dicts)
@@ -294,3 +298,35 @@ def check_same_classes(names: Sequence[str]) -> None:
                 f"DATASETS.TRAIN: '{name}' and '{first}' have different {key} ({diff}); "
                 "datasets trained on together need one list of classes"
             )
+
+
+def check_trainable(name: str, dicts: List[Dict]) -> None:
+    """A training set must hold something to learn from: a non-crowd instance (where the
+    dicts carry ``annotations``), a panoptic segment, a label pixel that is not the ignore
+    label. Detectron2 would stop on an assertion naming no file, or train at loss 0 without
+    a word. Scoring such a set stays allowed (its metrics are NaN, with a warning)."""
+    from .check_files import ALL_IGNORE_NOTE
+
+    meta = MetadataCatalog.get(name)
+    if any("annotations" in d for d in dicts) and not any(
+        not a.get("iscrowd", 0) for d in dicts for a in d.get("annotations", [])
+    ):
+        raise InputError(
+            f"dataset '{name}': {meta.get('json_file', name)}: field 'annotations': no image "
+            "has an annotation that is not a crowd region: nothing to train on"
+        )
+    if any("segments_info" in d for d in dicts) and not any(d.get("segments_info") for d in dicts):
+        raise InputError(
+            f"dataset '{name}': {meta.get('panoptic_json', name)}: field 'segments_info': no "
+            "image has a segment: nothing to train on"
+        )
+    labels = [d["sem_seg_file_name"] for d in dicts if "sem_seg_file_name" in d]
+    report = _REPORTS.get(name)
+    ignored = set(report.notes.get(ALL_IGNORE_NOTE, [])) if report else set()
+    if labels and all(os.path.basename(f) in ignored for f in labels):
+        folder = os.path.dirname(labels[0])
+        raise InputError(
+            f"dataset '{name}': {folder}: field 'sem_seg_file_name': every pixel of all "
+            f"{len(labels)} label(s) is the ignore label {meta.get('ignore_label', 255)}: "
+            "nothing to train on"
+        )

@@ -39,7 +39,9 @@ def copy_root() -> str:
 
 class ValidationCase(unittest.TestCase):
     def setUp(self):
-        configure_validation(on_bad_sample="error", check_files=True, bit_depth=BitDepthRule())
+        configure_validation(
+            on_bad_sample="error", check_files=True, bit_depth=BitDepthRule(), scored=None
+        )
         self.root = copy_root()
         self.ann = f"{self.root}/annotations/instances_val.json"
         self.images = f"{self.root}/images/val"
@@ -53,6 +55,20 @@ class ValidationCase(unittest.TestCase):
         with open(path, "w") as f:
             json.dump(data, f)
         return path
+
+    def trained_on(self, register) -> str:
+        """Register a dataset with ``register(name)`` and validate it as a training set
+        (``DATASETS.TRAIN``), as ``setup_cfg`` does; returns the error (asserting one)."""
+        name = unique("train")
+        register(name)
+        cfg = get_seg2_cfg()
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (name,), ()
+        with self.assertRaises(InputError) as ctx:
+            validate_datasets(cfg, [name])
+        msg = str(ctx.exception)
+        self.assertNotIn("\n", msg)
+        self.assertTrue(msg.startswith(f"dataset '{name}': "), msg)
+        return msg
 
     def problems(self, path, images=None) -> str:
         """Load under policy 'error'; return the message (asserting it was raised)."""
@@ -428,15 +444,26 @@ class TestProbeCases(ValidationCase):
             msg,
         )
 
-    def test_every_annotation_crowd(self):
-        for x in self.data["annotations"]:
-            x["iscrowd"] = 1
-        msg = self.one_problem(self.problems(self.write(self.data)))
-        self.assertIn(
-            f"ann.json: field 'iscrowd' = '1 on all {len(self.data['annotations'])} "
-            "annotation(s)': every annotation is a crowd region",
-            msg,
-        )
+    def test_training_set_without_annotations(self):
+        """No annotation, or only crowd regions: nothing to train on (Detectron2 stopped on
+        an assertion); the same file may be scored (NaN with a warning)."""
+        from seg2.data.coco import register_coco_instances
+
+        for edit in ("crowd", "none"):
+            d = json.load(open(self.ann))
+            if edit == "crowd":
+                for x in d["annotations"]:
+                    x["iscrowd"] = 1
+            else:
+                d["annotations"] = []
+            path = self.write(d, f"{edit}.json")
+            msg = self.trained_on(lambda n: register_coco_instances(n, path, self.images))
+            self.assertIn(
+                f"{path}: field 'annotations': no image has an annotation that is not a crowd "
+                "region: nothing to train on",
+                msg,
+            )
+            self.assertEqual(len(load_coco_instances(path, self.images, unique("scored"))), 4)
 
     def test_root_folders_that_are_files(self):
         path = self.write(self.data)
@@ -471,14 +498,10 @@ class TestProbeCases(ValidationCase):
             f"ann.json: annotation {a['id']}: field 'ignore' = 1: Detectron2 does not", msg
         )
 
-    def test_no_images_no_annotations(self):
-        for key in ("images", "annotations"):
-            d = json.load(open(self.ann))
-            d[key] = []
-            if key == "images":
-                d["annotations"] = []
-            msg = self.one_problem(self.problems(self.write(d)))
-            self.assertIn(f"ann.json: field '{key}' = []: no {key}", msg)
+    def test_no_images(self):
+        self.data["images"], self.data["annotations"] = [], []
+        msg = self.one_problem(self.problems(self.write(self.data)))
+        self.assertIn("ann.json: field 'images' = []: no images", msg)
 
     def test_area_against_the_segmentation(self):
         d = self.data
@@ -598,15 +621,20 @@ class TestProbeCases(ValidationCase):
             f"field 'id' = {ann['segments_info'][0]['id']}: 2 segments share this id", msg
         )
 
-    def test_panoptic_without_segments(self):
+    def test_panoptic_training_set_without_segments(self):
+        from seg2.data.coco_panoptic import register_coco_panoptic
+
         pan = self.panoptic()
         for ann in pan["annotations"]:
             ann["segments_info"] = []
-        with self.assertRaises(InputError) as ctx:
-            self.load_panoptic(pan)
-        self.assertIn(
-            "pan.json: field 'segments_info' = []: no image has a segment", str(ctx.exception)
-        )
+        path = self.write(pan, "pan.json")
+        pan_root = f"{self.root}/panoptic_val"
+        for f in os.listdir(pan_root):  # all void, as the JSON says
+            Image.new("RGB", Image.open(os.path.join(pan_root, f)).size).save(
+                os.path.join(pan_root, f)
+            )
+        msg = self.trained_on(lambda n: register_coco_panoptic(n, self.images, pan_root, path))
+        self.assertIn(f"{path}: field 'segments_info': no image has a segment", msg)
 
 
 class TestSemanticLabels(ValidationCase):
@@ -654,17 +682,16 @@ class TestSemanticLabels(ValidationCase):
                 load_semantic(self.images, self.labels, self.names, name)
                 (line,) = [x for x in last_report(name).note_lines() if "ignore label" in x]
                 self.assertIn(f"1 time(s), e.g. {f}", line)
-        with self.assertRaises(InputError) as ctx:
-            load_semantic(self.images, self.labels, self.names, unique("all"))
-        self.assertIn(
-            f"{self.labels}: field 'sem_seg_file_name' = '{len(self.files)} label file(s)': "
-            "every pixel of every label is the ignore label 255",
-            self.one_line(str(ctx.exception)),
-        )
+        from seg2.data.semantic import register_semantic
 
-    def one_line(self, msg):
-        self.assertNotIn("\n", msg)
-        return msg
+        msg = self.trained_on(lambda n: register_semantic(n, self.images, self.labels, self.names))
+        self.assertIn(
+            f"{self.labels}: field 'sem_seg_file_name': every pixel of all {len(self.files)} "
+            "label(s) is the ignore label 255: nothing to train on",
+            msg,
+        )
+        # scored only: NaN metrics with a warning, as the evaluators do
+        self.assertEqual(len(load_semantic(self.images, self.labels, self.names, unique("s"))), 4)
 
 
 class TestRegisteredDatasets(ValidationCase):

@@ -287,7 +287,7 @@ def probe_copy():
         a["iscrowd"] = 1
     path = coco("allcrowd", d)
     expected["allcrowd"] = (
-        f"{path}: field 'iscrowd' = '1 on all {len(d['annotations'])} annotation(s)'"
+        f"{path}: field 'annotations': no image has an annotation that is not a crowd region"
     )
     d = inst()
     d["images"], d["annotations"] = [], []
@@ -391,8 +391,8 @@ def probe_copy():
 
     labels = semantic("sem_ignore", ignore)
     expected["sem_ignore"] = (
-        f"{labels}: field 'sem_seg_file_name' = '4 label file(s)': every pixel of every label "
-        "is the ignore label 255"
+        f"{labels}: field 'sem_seg_file_name': every pixel of all 4 label(s) is the ignore "
+        "label 255: nothing to train on"
     )
     for name, classes in (("sem_ok", "a,b,c,d,e,f,g"), ("sem_other", "a,b,c,d,e,f,x")):
         entries["SEMANTIC"].append([name, images, f"{root}/semantic_val", classes])
@@ -411,6 +411,7 @@ class TestProbeCases(unittest.TestCase):
     CONFIGS = {
         "poly": "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml",
         "noimg": "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml",
+        "allcrowd": "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml",
         "pan_isthing": "configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml",
         "pan_crowd": "configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml",
         "sem_npy": "configs/Synthetic-SemanticSegmentation/fcn8s_R_18_synthetic.yaml",
@@ -425,8 +426,9 @@ class TestProbeCases(unittest.TestCase):
             {
                 "DATASETS": {
                     "SEG2": cls.entries,
-                    # trained on only: 'area' is a note; two label sets trained together
-                    "TRAIN": ["area0_train", "sem_ok", "sem_other"],
+                    # trained on: 'area' is a note, a set without anything to learn an
+                    # error, two label sets trained together must agree
+                    "TRAIN": ["area0_train", "allcrowd", "sem_ok", "sem_other", "sem_ignore"],
                     "TEST": ["area0"],  # scored: 'area' is an error
                 }
             },
@@ -488,6 +490,9 @@ class TestProbeCases(unittest.TestCase):
 
     def test_train_net_negative_npy_label(self):
         self.train("sem_npy")
+
+    def test_train_net_crowd_only_split(self):
+        self.train("allcrowd")
 
     def test_train_net_ignore_only_split(self):
         self.train("sem_ignore")
