@@ -328,11 +328,12 @@ def check_polygon_extent(polys: List, im: Dict, path: str, where: str, report, s
     walked, limit = 0.0, outline_limit(h, w)
     for k, poly in enumerate(polys):
         pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        outside = np.maximum(
-            np.maximum(-pts[:, 0], pts[:, 0] - w), np.maximum(-pts[:, 1], pts[:, 1] - h)
-        )
-        j = int(np.argmax(outside))
-        if outside[j] > POLYGON_MARGIN:
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        if max(-lo[0], -lo[1], hi[0] - w, hi[1] - h) > POLYGON_MARGIN:
+            outside = np.maximum(
+                np.maximum(-pts[:, 0], pts[:, 0] - w), np.maximum(-pts[:, 1], pts[:, 1] - h)
+            )
+            j = int(np.argmax(outside))
             report.add(
                 path,
                 where,
@@ -344,7 +345,7 @@ def check_polygon_extent(polys: List, im: Dict, path: str, where: str, report, s
             )
             ok = False
             continue
-        walked += float(np.abs(pts - np.roll(pts, -1, axis=0)).max(axis=1).sum())
+        walked += float(np.abs(np.diff(pts, axis=0, append=pts[:1])).max(axis=1).sum())
         if ok and walked > limit:
             report.add(
                 path,
@@ -368,21 +369,21 @@ def outline_limit(h: int, w: int) -> int:
 
 def rle_string_total(counts: str) -> int:
     """Sum of the runs of a compressed COCO RLE string (the pixels it spans), decoded as
-    pycocotools' ``rleFrString`` does, without allocating a mask."""
-    total, runs, p, prev2, prev1 = 0, 0, 0, 0, 0
-    while p < len(counts):
-        x, k, more = 0, 0, True
-        while more and p < len(counts):
-            c = ord(counts[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p, k = p + 1, k + 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
+    pycocotools' ``rleFrString`` does (5 bits a character, runs after the second stored as
+    differences), without allocating a mask."""
+    total = runs = x = k = prev2 = prev1 = 0
+    for c in counts.encode():
+        c -= 48
+        x |= (c & 0x1F) << (5 * k)
+        k += 1
+        if c & 0x20:
+            continue  # the run goes on in the next character
+        if c & 0x10:
+            x |= -1 << (5 * k)
         if runs > 2:
             x += prev2
         prev2, prev1 = prev1, x
-        total, runs = total + x, runs + 1
+        total, runs, x, k = total + x, runs + 1, 0, 0
     return total
 
 
@@ -419,9 +420,10 @@ def segmentation_area(seg, im: Dict) -> Tuple[float, float]:
     area, perimeter = 0.0, 0.0
     for poly in seg:
         pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        nxt = np.roll(pts, -1, axis=0)
-        area += abs(float(np.sum(pts[:, 0] * nxt[:, 1] - nxt[:, 0] * pts[:, 1]))) / 2
-        perimeter += float(np.hypot(*(nxt - pts).T).sum())
+        nxt = np.concatenate((pts[1:], pts[:1]))
+        area += abs(float(np.dot(pts[:, 0], nxt[:, 1]) - np.dot(nxt[:, 0], pts[:, 1]))) / 2
+        d = nxt - pts
+        perimeter += float(np.sqrt(np.einsum("ij,ij->i", d, d)).sum())
     return area, perimeter / 2
 
 
