@@ -278,8 +278,9 @@ def validate_datasets(cfg, names: Sequence[str]) -> Dict[str, ValidationReport]:
 
 def check_same_classes(names: Sequence[str]) -> None:
     """The datasets trained on together must name the same classes in the same order (one
-    set of class ids); Detectron2 would stop on the difference with a traceback naming no
-    dataset. Read from the metadata, before anything is loaded."""
+    set of class ids): Detectron2 stops on differing ``thing_classes`` with a ValueError
+    traceback once everything is loaded, and semantic sets would train silently. Read from
+    the metadata, before anything is loaded."""
     names = [n for n in dict.fromkeys(names) if n in DatasetCatalog.list()]
     for key in ("thing_classes", "stuff_classes"):
         have = [(n, list(MetadataCatalog.get(n).get(key, None) or [])) for n in names]
