@@ -12,7 +12,18 @@ from PIL import Image
 
 from . import meta
 from .meta import CATEGORIES, IGNORE_LABEL, SPLITS
-from .scenes import MIN_SIZE, SHAPES, STUFF_IDX, TEXTURES, THING_IDX, area_bbox, make_scene, mask_rle, scene_segments, split_flags
+from .scenes import (
+    MIN_SIZE,
+    SHAPES,
+    STUFF_IDX,
+    TEXTURES,
+    THING_IDX,
+    area_bbox,
+    make_scene,
+    mask_rle,
+    scene_segments,
+    split_flags,
+)
 from .writers import (
     CityscapesWriter,
     CocoInstancesWriter,
