@@ -35,8 +35,12 @@ $(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.p
 		echo "pip check found broken requirements (above)"; exit 1; fi
 	rm -f $(VENV)/.stamp-* && touch $@
 
-data: setup
+# Generated once; again only when the generator changes.
+data: $(DATA)/.generated
+
+$(DATA)/.generated: $(STAMP) datasets/prepare_synthetic.py $(wildcard seg2/data/synthetic/*.py)
 	$(PY) datasets/prepare_synthetic.py --output $(DATA)
+	touch $@
 
 demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) OUTPUT_DIR $(DEMO_OUT)

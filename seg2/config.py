@@ -59,12 +59,10 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.MODEL.SEG2.LOSS = CN()
     cfg.MODEL.SEG2.LOSS.NAMES = ["ce"]
     cfg.MODEL.SEG2.LOSS.WEIGHTS = [1.0]
-    # U-Net weight map w = w_c + W0 * exp(-(d1 + d2)^2 / (2 SIGMA^2)), SIGMA in pixels.
+    # U-Net weight map w = w_c + W0 * exp(-(d1 + d2)^2 / (2 SIGMA^2)), SIGMA in pixels, the
+    # weights of weighted_ce; the dataset mapper builds it (INPUT.SEG2.WEIGHT_MAP).
     cfg.MODEL.SEG2.LOSS.UNET_W0 = 10.0
     cfg.MODEL.SEG2.LOSS.UNET_SIGMA = 5.0
-    # weighted_ce without the mapper's sem_seg_weights: semantic ids whose connected
-    # components stand in for instances (empty = weighted_ce requires INPUT.SEG2.WEIGHT_MAP).
-    cfg.MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES = []
     # Smoothing added to the Dice numerator and denominator.
     cfg.MODEL.SEG2.LOSS.DICE_EPS = 1.0
 
@@ -109,7 +107,8 @@ def add_seg2_config(cfg: CN) -> CN:
 
     # ---- data
     cfg.INPUT.SEG2 = CN()
-    # Compute the U-Net border weight map in the dataset mapper (needs instance masks).
+    # Build U-Net's weight map (sem_seg_weights, read by the weighted_ce loss) in the dataset
+    # mapper from the panoptic PNG's thing segments (needs pan_seg_file_name).
     cfg.INPUT.SEG2.WEIGHT_MAP = False
     # Semantic crops: most of a crop one class may cover before another crop is drawn
     # (1.0 = no limit); Detectron2's DeepLab recipe uses 0.75 on Cityscapes.
@@ -134,6 +133,9 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.DATASETS.SEG2.SEMANTIC = []
     # Cityscapes root; empty = $DETECTRON2_DATASETS/cityscapes (Detectron2's convention).
     cfg.DATASETS.SEG2.CITYSCAPES_ROOT = ""
+    # Cityscapes instance masks from the *_gtFine_polygons.json files (then required for every
+    # image; drawn as cityscapesscripts' json2instanceImg does) instead of *_instanceIds.png.
+    cfg.DATASETS.SEG2.CITYSCAPES_POLYGONS = False
     # ---- validation (seg2.data.validate): every dataset is checked once before the first
     # iteration (ids, references, segmentations, boxes, image files, PNG<->JSON agreement).
     # What a broken sample does: "error" stops the run listing every problem found;

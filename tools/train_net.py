@@ -3,6 +3,10 @@
 
     python tools/train_net.py --config-file configs/X.yaml [--eval-only] [--resume] [--debug] \
         [--num-gpus N --num-machines M --machine-rank R --dist-url URL] [KEY VALUE ...]
+    python tools/train_net.py --eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth [KEY VALUE ...]
+
+A checkpoint written by seg2's training carries its config and classes: --eval-only takes
+MODEL.WEIGHTS alone (the config it was trained with, then the overrides).
 
 Evaluators are chosen from each test dataset's metadata; results land in
 OUTPUT_DIR/eval_results.json (OUTPUT_DIR/metrics.json stays Detectron2's training log) and
@@ -54,7 +58,9 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Seg2Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # strict: a checkpoint whose shapes do not fit this config is an error, not a
+        # silently re-initialised head
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_shapes=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Seg2Trainer.test(cfg, model)

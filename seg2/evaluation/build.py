@@ -1,5 +1,6 @@
 """Which evaluators run: the dataset's ``evaluator_type`` says what ground truth exists, the
-meta-architecture declares what the model predicts (``seg2.capabilities``); every task in both gets its evaluator."""
+meta-architecture declares what the model predicts (``seg2.capabilities``); every task in both
+gets its evaluator."""
 import os
 from typing import Callable, Dict, List, Optional, Set
 
@@ -62,7 +63,11 @@ _TABLE: Dict[str, Dict[str, Callable]] = {
     },
     "cityscapes_instance": {"instances": _cityscapes("instance")},
     "cityscapes_sem_seg": {"sem_seg": _cityscapes("semantic")},
-    "cityscapes_panoptic_seg": {"panoptic_seg": _cityscapes("panoptic")},
+    "cityscapes_panoptic_seg": {
+        "instances": _cityscapes("instance"),
+        "sem_seg": _cityscapes("semantic"),
+        "panoptic_seg": _cityscapes("panoptic"),
+    },
 }
 
 

@@ -133,12 +133,14 @@ def validate_coco_results(
                 raise InputError(f"{source}: entry {i} lacks field '{key}'")
         if r["image_id"] not in images:
             raise InputError(
-                f"{source}: entry {i} has image_id {r['image_id']!r}, not an image of the ground truth"
+                f"{source}: entry {i} has image_id {r['image_id']!r}, "
+                "not an image of the ground truth"
             )
         if r["category_id"] not in cat_ids:
             raise InputError(
                 f"{source}: entry {i} has category_id {r['category_id']!r}, not among the "
-                f"ground-truth category ids {sorted(cat_ids)} (results use the dataset's original ids)"
+                f"ground-truth category ids {sorted(cat_ids)} "
+                "(results use the dataset's original ids)"
             )
         if not isinstance(r["score"], (int, float)) or not np.isfinite(r["score"]):
             raise InputError(
@@ -268,7 +270,9 @@ def _note_missing_ground_truth(coco_gt, img_ids: Optional[Sequence[int]]) -> Non
             counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
     empty = [c for c, n in counts.items() if n == 0]
     if len(empty) == len(counts):
-        logger.warning("COCO evaluation: the ground truth has no (non-crowd) annotations; every AP is NaN")
+        logger.warning(
+            "COCO evaluation: the ground truth has no (non-crowd) annotations; every AP is NaN"
+        )
     elif empty:
         logger.warning(
             f"COCO evaluation: {len(empty)} of {len(counts)} categories have no ground truth "
@@ -322,7 +326,8 @@ def evaluate_coco_files(
     report = ValidationReport(gt_json)
     check_coco_instances_json(gt, gt_json, report)
     if not report.ok:
-        raise InputError(f"{report.format()}\n{len(report.problems)} problem(s) in the ground truth")
+        count = len(report.problems)
+        raise InputError(f"{report.format()}\n{count} problem(s) in the ground truth")
     for line in report.note_lines():
         logger.info(f"{gt_json}: {line}")
     results = validate_coco_results(

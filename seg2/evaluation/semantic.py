@@ -161,14 +161,17 @@ def semantic_metrics(conf: np.ndarray, class_names: Sequence[str]) -> "OrderedDi
     conf = np.asarray(conf)
     if conf.shape not in ((k, k), (k + 1, k + 1)):
         raise ValueError(
-            f"semantic_metrics: conf has shape {conf.shape}, expected ({k}, {k}) or ({k + 1}, {k + 1})"
+            f"semantic_metrics: conf has shape {conf.shape}, "
+            f"expected ({k}, {k}) or ({k + 1}, {k + 1})"
         )
     # The same operations in the same order as Detectron2's SemSegEvaluator.evaluate (whose
     # matrix is the transpose), so the shared figures are bit-identical.
     tp = conf.diagonal()[:k].astype(float)
     pos_gt = np.sum(conf[:k, :], axis=1).astype(float)
     if not pos_gt.any():
-        logger.warning("semantic metrics: the ground truth has no labelled pixel; every figure is NaN")
+        logger.warning(
+            "semantic metrics: the ground truth has no labelled pixel; every figure is NaN"
+        )
     elif not pos_gt.all():
         absent = [class_names[i] for i in np.flatnonzero(pos_gt == 0)]
         logger.warning(
@@ -289,7 +292,9 @@ def save_confusion_png(conf: np.ndarray, class_names: Sequence[str], path: str) 
     return path
 
 
-def write_semantic_outputs(conf: np.ndarray, class_names: Sequence[str], output_dir: Optional[str]) -> None:
+def write_semantic_outputs(
+    conf: np.ndarray, class_names: Sequence[str], output_dir: Optional[str]
+) -> None:
     if output_dir:
         save_confusion_csv(conf, class_names, os.path.join(output_dir, "sem_seg_confusion.csv"))
         save_confusion_png(conf, class_names, os.path.join(output_dir, "sem_seg_confusion.png"))

@@ -14,9 +14,9 @@ from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from ..io import read_label_png
 from .semantic import (
     ConfusionMatrix,
-    write_semantic_outputs,
     argmax_channels,
     semantic_metrics,
+    write_semantic_outputs,
 )
 
 __all__ = ["Seg2SemSegEvaluator"]
@@ -100,7 +100,8 @@ class Seg2SemSegEvaluator(DatasetEvaluator):
             gt_path = self._gt_files.get(inp["file_name"])
             if gt_path is None:
                 raise KeyError(
-                    f"Seg2SemSegEvaluator: {inp['file_name']} is not in dataset '{self._dataset_name}'"
+                    f"Seg2SemSegEvaluator: {inp['file_name']} is not in dataset "
+                    f"'{self._dataset_name}'"
                 )
             gt = read_label_png(gt_path, "ground-truth label")
             self._conf.update(
@@ -119,6 +120,7 @@ class Seg2SemSegEvaluator(DatasetEvaluator):
         write_semantic_outputs(conf, self._class_names, self._output_dir)
         results = OrderedDict(sem_seg=semantic_metrics(conf, self._class_names))
         logger.info(
-            f"Semantic segmentation metrics of {self._dataset_name}: mIoU={results['sem_seg']['mIoU']:.2f}"
+            f"Semantic segmentation metrics of {self._dataset_name}: "
+            f"mIoU={results['sem_seg']['mIoU']:.2f}"
         )
         return results

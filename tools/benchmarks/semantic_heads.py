@@ -11,8 +11,9 @@ Metrics (all computed on the val images processed):
 * ``mIoU``, ``pACC``: :class:`~seg2.evaluation.semantic_evaluator.Seg2SemSegEvaluator` (Detectron2's
   conventions), in percent.
 * ``BF`` (boundary F-score at 2 px) and ``touching`` ("separated / total" ground-truth thing
-  instances that touch a same-class instance): :class:`~seg2.evaluation.boundary.Seg2BoundaryEvaluator`,
-  whose module docstring defines them (the same definitions as the nuclei example).
+  instances that touch a same-class instance):
+  :class:`~seg2.evaluation.boundary.Seg2BoundaryEvaluator`, whose module docstring defines them
+  (the same definitions as the nuclei example).
 * ``s/iter``: median wall time of a training iteration (data loading included, no worker
   processes), ``ms/img``: median wall time of one inference forward pass (batch 1), both
   after warm-up; medians because the CPU may be shared.
@@ -78,6 +79,7 @@ BOUNDARY_TOLERANCE = 2
 def register_data(data_root: Optional[str]) -> str:
     """Register the synthetic splits (prefix returned); idempotent."""
     from seg2.data.datasets import register_synthetic
+
     from .common import REPO_ROOT
 
     if data_root is None:

@@ -160,7 +160,8 @@ class CityscapesWriter:
         self.lut_colour = np.zeros((256, 4), np.uint8)
         self.lut_colour[:, 3] = 255
         for i, lab in enumerate(self.labels):
-            self.lut_id[i], self.lut_train[i], self.lut_colour[i, :3] = lab.id, lab.trainId, lab.color
+            self.lut_id[i], self.lut_train[i] = lab.id, lab.trainId
+            self.lut_colour[i, :3] = lab.color
         self.lut_id[IGNORE_LABEL], self.lut_colour[IGNORE_LABEL, :3] = self.void.id, self.void.color
         self.count = 0
 
@@ -208,7 +209,8 @@ class CityscapesWriter:
             from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 
             with contextlib.redirect_stdout(io.StringIO()):
-                convert2panoptic(os.path.join(self.out, "cityscapes", "gtFine"), setNames=[self.split])
+                gt_fine = os.path.join(self.out, "cityscapes", "gtFine")
+                convert2panoptic(gt_fine, setNames=[self.split])
 
 
 def clear_split(out: str, split: str) -> None:
