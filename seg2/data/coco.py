@@ -8,8 +8,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..io import InputError, not_a_file, read_json, write_json
-from .check_instances import AMENDING_NOTES, check_coco_instances_json
 from .check_files import check_folder, check_image_file
+from .check_instances import AMENDING_NOTES, check_coco_instances_json
 from .validate import ValidationReport, finish_validation, validation_options
 
 __all__ = [

@@ -16,8 +16,8 @@ from .check_annotations import check_coco_panoptic_json
 from .check_files import check_dataset_dicts, check_folder
 from .check_instances import check_instances_match_panoptic
 from .coco import check_coco_instances, keep_images, load_coco_dicts
-from .validate import ValidationReport, finish_validation, validation_options
 from .synthetic.meta import IGNORE_LABEL
+from .validate import ValidationReport, finish_validation, validation_options
 
 __all__ = [
     "panoptic_metadata",
