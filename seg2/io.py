@@ -84,6 +84,8 @@ def read_json(path: str, what: str = "JSON") -> Any:
         ) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: {what} is not UTF-8 text ({e.reason})") from None
+    except RecursionError:
+        raise InputError(f"{path}: {what} is nested too deeply to parse") from None
 
 
 def _image_error(path: str, what: str, formats: Optional[Sequence[str]], e: Exception):
