@@ -362,9 +362,11 @@ def check_polygon_extent(polys: List, im: Dict, path: str, where: str, report, s
 
 def outline_limit(h: int, w: int) -> int:
     """The longest polygon outline (pixels walked, all polygons of an annotation) taken for
-    an image: an eighth of its pixels, at least 16 times around it; far beyond any real
-    outline, and bounds rasterising at a small multiple of the image's memory."""
-    return int(max(h * w / 8, 32 * (h + w)))
+    an image: an eighth of its pixels, at least 16 times around it, and never more than
+    2^22 pixels (over 30 times around a 30,000 x 30,000 image), which also bounds what a
+    JSON height/width larger than the real image can make rasterising allocate; far beyond
+    any real outline."""
+    return int(min(max(h * w / 8, 32 * (h + w)), 2**22))
 
 
 def rle_string_total(counts: str) -> int:
