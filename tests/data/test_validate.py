@@ -444,6 +444,24 @@ class TestProbeCases(ValidationCase):
             msg,
         )
 
+    def test_outline_capped_whatever_the_json_size(self):
+        """An image whose JSON claims 10^6 x 10^6 pixels (its file is 128 x 128): outlines
+        of 8e6 pixels fit that claim but are refused before rasterising (the size itself is
+        found by the file check, which runs after the JSON's)."""
+        d = self.data
+        im = d["images"][0]
+        im["height"] = im["width"] = 10**6
+        a = next(x for x in d["annotations"] if x["image_id"] == im["id"])
+        square = [0.0, 0.0, 999999.0, 0.0, 999999.0, 999999.0, 0.0, 999999.0]
+        a["segmentation"], a["bbox"], a["area"] = [square, square], [0.0, 0.0, 1e6, 1e6], 1e12
+        msg = self.problems(self.write(d))
+        self.assertIn(
+            f"annotation {a['id']}: field 'segmentation[1]' = '4 points': the outline runs "
+            f"7999992 px, more than {2**22} px for a 1000000x1000000 image",
+            msg,
+        )
+        self.assertIn(f"image {im['id']}: field 'height/width' = [1000000, 1000000]", msg)
+
     def test_training_set_without_annotations(self):
         """No annotation, or only crowd regions: nothing to train on (Detectron2 stopped on
         an assertion); the same file may be scored (NaN with a warning)."""
