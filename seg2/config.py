@@ -88,8 +88,9 @@ def add_seg2_config(cfg: CN) -> CN:
 
     # ---- things/stuff fusion (registry in seg2/modeling/fusion.py)
     # ---- ROI heads: seg2's ROIAlign in Detectron2's poolers when training (Seg2Trainer).
-    # Same forward as torchvision's; on CPU a separable backward, 3-10x faster than
-    # torchvision's single-threaded one (seg2/modeling/roi_align.py). False keeps torchvision's.
+    # Same forward as torchvision's; on CPU a separable, multi-threaded backward whose sums run
+    # in a fixed order, so runs repeat at a given thread count (seg2/modeling/roi_align.py).
+    # False keeps torchvision's single-threaded backward.
     cfg.MODEL.SEG2.FAST_ROI_ALIGN = True
 
     cfg.MODEL.SEG2.FUSION = CN()
