@@ -99,7 +99,11 @@ def label_facts(path: str) -> Dict:
         sem = read_label(path)
     except (InputError, OSError, ValueError) as e:
         return {"shape": None, "error": _error(path, e), "values": []}
-    return {"shape": list(sem.shape[:2]), "error": None, "values": np.unique(sem).tolist()}
+    if sem.dtype == np.uint8:  # counting is several times faster than sorting
+        values = np.flatnonzero(np.bincount(sem.ravel(), minlength=256))
+    else:
+        values = np.unique(sem)
+    return {"shape": list(sem.shape[:2]), "error": None, "values": values.tolist()}
 
 
 def report_label(facts: Dict, path: str, hw, report, sample, num_classes: int, ignore_label: int):
