@@ -91,6 +91,9 @@ def _add_startup_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mapper-images", type=int, default=40, help="images per mapper round (0: none)")
     g.add_argument("--mapper-rounds", type=int, default=5)
+    g.add_argument(
+        "--no-file-costs", action="store_true", help="skip the per-file costs at Cityscapes size"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +187,7 @@ def run_startup(args, output: str):
         check_files=args.check_files,
         mapper_images=args.mapper_images,
         mapper_rounds=args.mapper_rounds,
+        cityscapes_files=not args.no_file_costs,
     )
     table = format_startup_table(result)
     print(table)

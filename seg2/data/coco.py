@@ -101,7 +101,8 @@ def coco_instances_dicts(
         meta = MetadataCatalog.get(dataset_name)
         meta.thing_classes = [c["name"] for c in cats]
         cat_ids = [c["id"] for c in cats]
-        if not (min(cat_ids) == 1 and max(cat_ids) == len(cat_ids)) and "coco" not in dataset_name:
+        contiguous = not cat_ids or (min(cat_ids) == 1 and max(cat_ids) == len(cat_ids))
+        if not contiguous and "coco" not in dataset_name:
             logger.warning(
                 "Category ids in annotations are not in [1, #categories]! We'll apply a mapping for you."
             )

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["generate_coco", "run_startup_benchmark", "format_startup_table"]
+__all__ = ["generate_coco", "run_startup_benchmark", "format_startup_table", "file_costs"]
 
 # COCO's 80 category ids (1..90 with gaps).
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -228,7 +228,7 @@ def _run_child(code: str, timeout: int = 3600) -> Dict:
     env["PYTHONPATH"] = os.pathsep.join([root, tools, env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
-        [sys.executable, "-c", f"import json; from benchmarks.startup import child, mapper_child; print('@@' + json.dumps({code}))"],
+        [sys.executable, "-c", f"import json; from benchmarks.startup import child, file_costs, mapper_child; print('@@' + json.dumps({code}))"],
         env=env, capture_output=True, text=True, timeout=timeout,
     )
     for line in proc.stdout.splitlines():
@@ -244,6 +244,7 @@ def run_startup_benchmark(
     check_files: bool = False,
     mapper_images: int = 40,
     mapper_rounds: int = 5,
+    cityscapes_files: bool = True,
 ) -> Dict:
     rows = []
     for n in sizes:
@@ -270,12 +271,52 @@ def run_startup_benchmark(
         print(format_startup_table({"rows": rows[-1:]}), flush=True)
     result = {"rows": rows, "check_files": check_files, "machine": machine()}
     if mapper_images:
-        data = rows[0]
         folder = os.path.join(out, f"coco_{sizes[0]}")
         result["mapper"] = _run_child(
             f"mapper_child({os.path.join(folder, 'instances.json')!r}, "
             f"{os.path.join(folder, 'images')!r}, {mapper_images}, {mapper_rounds})"
         )
+    if cityscapes_files:
+        result["file_costs_ms"] = _run_child(f"file_costs({os.path.join(out, 'files')!r})")
+    return result
+
+
+def file_costs(out: str, repeats: int = 5) -> Dict:
+    """CPU ms per file of what validation reads, at Cityscapes size (2048x1024 PNGs: an
+    image, a uint8 label, a panoptic PNG with 60 segments), to project a Cityscapes start."""
+    from PIL import Image
+
+    from seg2.data.check_files import image_facts, label_facts, panoptic_facts
+    from seg2.data.validate import ValidationOptions
+
+    rng = np.random.default_rng(0)
+    h, w = 1024, 2048
+    os.makedirs(out, exist_ok=True)
+    paths = {k: os.path.join(out, f"cs_{k}.png") for k in ("image", "label", "panoptic")}
+    small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((w, h), Image.BILINEAR).save(paths["image"])
+    block = lambda a: np.repeat(np.repeat(a, 32, 0), 32, 1)  # noqa: E731
+    Image.fromarray(block(rng.integers(0, 19, (h // 32, w // 32), dtype=np.uint8))).save(
+        paths["label"]
+    )
+    ids = block(rng.integers(0, 60, (h // 32, w // 32))) * 1000 + 7
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(paths["panoptic"])
+    reads = {
+        "image header": lambda: image_facts(paths["image"], ValidationOptions(check_files=False)),
+        "image decoded (CHECK_FILES True)": lambda: image_facts(
+            paths["image"], ValidationOptions(check_files=True)
+        ),
+        "label PNG": lambda: label_facts(paths["label"]),
+        "panoptic PNG": lambda: panoptic_facts(paths["panoptic"]),
+    }
+    result = {}
+    for name, read in reads.items():
+        read()
+        t = _cpu_s()
+        for _ in range(repeats):
+            read()
+        result[name] = (_cpu_s() - t) * 1000 / repeats
     return result
 
 
@@ -309,4 +350,7 @@ def format_startup_table(result: Dict) -> str:
             f"mapper (bitmask), CPU ms per image: Detectron2 {m['d2']:.1f}, seg2 {m['seg2']:.1f} "
             f"({m['ratio']:.2f}x)"
         )
+    if "file_costs_ms" in result:
+        costs = ", ".join(f"{k} {v:.1f}" for k, v in result["file_costs_ms"].items())
+        lines.append(f"per 2048x1024 file, CPU ms: {costs}")
     return "\n".join(lines)
