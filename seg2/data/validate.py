@@ -195,6 +195,15 @@ def finish_validation(
     the broken samples (``skip``; each logged). ``sample_of`` maps a dict to its sample key."""
     _REPORTS[report.dataset] = report
     report.num_samples = report.num_samples or len(dicts)
+    cache = report.cache
+    if cache is not None:
+        json_part = ""
+        if cache.has_json:
+            json_part = "JSON checked; " if cache.json_checked else "JSON unchanged (cached); "
+        logger.info(
+            f"[validate] {report.dataset}: {report.num_samples} sample(s); {json_part}files: "
+            f"{cache.files_checked} read, {cache.files_reused} unchanged (cached)"
+        )
     for line in report.note_lines():
         logger.info(f"[validate] {report.dataset}: {line}")
     policy = validation_options().on_bad_sample

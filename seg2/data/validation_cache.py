@@ -85,6 +85,11 @@ class ValidationCache:
         except (OSError, ValueError, AttributeError):
             return {}  # unreadable: checked again and rewritten
 
+    @property
+    def has_json(self) -> bool:
+        """Whether this use checked or reused the results of a JSON file."""
+        return bool(self._json)
+
     def json_results(self, digest: str) -> Optional[Dict]:
         """What :meth:`store_json` stored for a JSON file with this digest, or None."""
         found = self._old.get("json", {}).get(digest)
