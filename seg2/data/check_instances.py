@@ -24,7 +24,13 @@ from .check_annotations import (
     report_unknown_image,
 )
 
-__all__ = ["FLAT_POLYGON_NOTE", "BOX_NOTE", "all_numbers", "check_coco_instances_json"]
+__all__ = [
+    "FLAT_POLYGON_NOTE",
+    "SHORT_POLYGON_NOTE",
+    "BOX_NOTE",
+    "all_numbers",
+    "check_coco_instances_json",
+]
 
 FLAT_POLYGON_NOTE = (
     "flat polygon list (one list of numbers instead of a list of polygons) read as one polygon"
@@ -32,6 +38,10 @@ FLAT_POLYGON_NOTE = (
 BOX_NOTE = (
     "'bbox' differs from the box of the mask by more than a pixel: training uses the mask's "
     "box, bbox AP evaluation uses the JSON 'bbox'"
+)
+SHORT_POLYGON_NOTE = (
+    "polygon of fewer than 3 points beside valid ones: dropped (as Detectron2's loader "
+    "does), the annotation's other polygons kept"
 )
 SLIVER_NOTE = (
     "sub-pixel segmentation (area < 1) covers no pixel: training drops it, "
@@ -83,36 +93,33 @@ def _verify_numbers(unverified: List, path: str, report):
 
 
 def _check_polygons(seg: List, path: str, where: str, report, sample) -> Optional[List]:
-    """Polygons as a list of lists (a flat list is converted, with a note); None if bad."""
+    """Polygons as a list of lists (a flat list is converted, with a note); None if bad.
+    A polygon of fewer than 3 points beside valid ones is dropped with a note, as
+    Detectron2's loader drops it; alone, it is a problem (the instance would vanish)."""
     if not seg:
         report.add(path, where, "segmentation", seg, "empty segmentation", sample)
         return None
     if not isinstance(seg[0], list) and all_numbers(seg):
         report.note(FLAT_POLYGON_NOTE, where)
         seg = [list(seg)]
-    ok = True
+    problems, short, valid = [], [], []
     for k, poly in enumerate(seg):
         if not isinstance(poly, list) or not all_numbers(poly):
-            report.add(
-                path,
-                where,
-                f"segmentation[{k}]",
-                poly,
-                "a polygon must be a list of finite numbers",
-                sample,
+            problems.append(
+                (f"segmentation[{k}]", poly, "a polygon must be a list of finite numbers")
             )
-            ok = False
         elif len(poly) % 2:
-            report.add(
-                path, where, f"segmentation[{k}]", len(poly), "odd number of coordinates", sample
-            )
-            ok = False
+            problems.append((f"segmentation[{k}]", len(poly), "odd number of coordinates"))
         elif len(poly) < 6:
-            report.add(
-                path, where, f"segmentation[{k}]", poly, "a polygon needs at least 3 points", sample
-            )
-            ok = False
-    return seg if ok else None
+            short.append((f"segmentation[{k}]", poly, "a polygon needs at least 3 points"))
+        else:
+            valid.append(poly)
+    if short and valid and not problems:
+        report.note(SHORT_POLYGON_NOTE, where)
+        return valid
+    for fld, value, message in problems + short:
+        report.add(path, where, fld, value, message, sample)
+    return None if problems or short else seg
 
 
 def _check_rle(seg: Dict, im: Dict, path: str, where: str, report, sample) -> Optional[Dict]:

@@ -23,7 +23,7 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from seg2.data.check_instances import BOX_NOTE
+from seg2.data.check_instances import BOX_NOTE, SHORT_POLYGON_NOTE
 from seg2.data.coco import load_coco_instances, read_coco_categories
 from seg2.data.dataset_mapper import Seg2DatasetMapper
 from seg2.data.validate import configure_validation, last_report, validate_datasets
@@ -151,6 +151,26 @@ class TestBoxes(Case):
         msg = str(ctx.exception)
         self.assertRegex(msg, rf"annotation {anns[0]['id']}: field 'bbox' = .*disagrees with the mask's box")
         self.assertIn(f"annotation {anns[1]['id']}: field 'segmentation' = '<empty mask>'", msg)
+
+
+class TestPolygons(Case):
+    def test_short_polygon_beside_valid_ones_is_a_note(self):
+        """Detectron2's loader drops a polygon of fewer than 3 points and keeps the
+        annotation's others: a note; alone, the instance would vanish: a problem."""
+        anns = self.data["annotations"]
+        extra = next(a for a in anns if isinstance(a["segmentation"], list))
+        extra["segmentation"] = extra["segmentation"] + [[1.0, 2.0, 3.0, 4.0]]
+        name = unique("short")
+        dicts = load_coco_instances(self.write(self.data), self.images, name)
+        report = last_report(name)
+        self.assertTrue(report.ok, report.format())
+        self.assertEqual(report.notes[SHORT_POLYGON_NOTE], [f"annotation {extra['id']}"])
+        ref = load_coco_json(self.write(self.data), self.images, unique("ref"))
+        self.assertEqual(dicts, ref)  # the same polygons kept as Detectron2 keeps
+        other = next(a for a in anns if isinstance(a["segmentation"], list) and a is not extra)
+        other["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]
+        with self.assertRaisesRegex(InputError, "a polygon needs at least 3 points"):
+            load_coco_instances(self.write(self.data), self.images, unique("short"))
 
 
 class TestOneParse(Case):
