@@ -174,7 +174,8 @@ class Seg2DatasetMapper:
         """Bitmask targets: polygons are rasterised before transforming, so the masks move
         exactly like the semantic and panoptic PNGs and a crop needs no polygon clipping.
         Eight masks travel as the bits of one uint8 plane (nearest-neighbour transforms
-        never mix values, so this is the per-mask result); boxes are the masks' boxes
+        never mix values, so this is the per-mask result; np.packbits would order the bits
+        the same, slower across this memory layout); boxes are the masks' boxes
         (Detectron2's ``BitMasks.get_bounding_boxes``) and empty instances are dropped
         (its ``filter_empty_instances``)."""
         h, w = source_shape
@@ -190,9 +191,13 @@ class Seg2DatasetMapper:
         n = masks.shape[2]
         if masks.shape[:2] != (h, w):
             raise InputError(f"RLE of size {list(masks.shape[:2])} for a {h}x{w} image")
-        planes = np.packbits(np.moveaxis(masks, 2, 0), axis=0)  # (ceil(n / 8), h, w)
-        moved = np.stack([transforms.apply_segmentation(np.ascontiguousarray(p)) for p in planes])
-        bits = np.unpackbits(moved, axis=0, count=n).view(np.bool_)  # (n, H, W)
+        planes = np.zeros(((n + 7) // 8, h, w), np.uint8)  # mask k is bit 7 - k % 8 of plane k // 8
+        for k in range(n):
+            planes[k // 8] |= masks[:, :, k] << np.uint8(7 - k % 8)
+        moved = np.stack([transforms.apply_segmentation(p) for p in planes])
+        bits = np.empty((n,) + moved.shape[1:], np.bool_)  # (n, H, W)
+        for k in range(n):
+            np.not_equal(moved[k // 8] & np.uint8(1 << (7 - k % 8)), 0, out=bits[k])
         rows = np.unpackbits(np.bitwise_or.reduce(moved, axis=2), axis=0, count=n)  # (n, H)
         cols = np.unpackbits(np.bitwise_or.reduce(moved, axis=1), axis=0, count=n)  # (n, W)
         boxes = torch.zeros(n, 4, dtype=torch.float32)
