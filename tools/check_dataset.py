@@ -9,7 +9,8 @@ bringing your own data.
 
 With a config, the datasets are ``--datasets`` or else ``DATASETS.TRAIN``, ``DATASETS.TEST``
 and every ``DATASETS.SEG2.*`` entry; ``INPUT.SEG2.BIT_DEPTH`` and ``DATASETS.SEG2.CHECK_FILES``
-apply as in training. Prints one report per dataset (every problem with its file, id, field
+apply as in training (images are read from their headers unless ``DATASETS.SEG2.CHECK_FILES
+True`` decodes them fully; results are kept in ``DATASETS.SEG2.VALIDATION_CACHE_DIR``). Prints one report per dataset (every problem with its file, id, field
 and value; each kind of conversion once with a count). Exit status: 0 all clean, 1 problems
 found, 2 unusable input (one line on stderr, no traceback).
 """
