@@ -157,7 +157,8 @@ class BitDepthRule:
         if self.method == "divisor":
             return f"floor(v / {self.divisor:g})"
         if self.method == "percentile":
-            return f"per-image stretch between percentiles {self.percentiles[0]:g}-{self.percentiles[1]:g}"
+            low, high = self.percentiles
+            return f"per-image stretch between percentiles {low:g}-{high:g}"
         return "per-image min-max stretch"
 
     def apply(self, values: np.ndarray) -> np.ndarray:

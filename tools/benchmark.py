@@ -98,7 +98,9 @@ def _add_startup_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--check-files", action="store_true", help="seg2 decodes every image (CHECK_FILES True)"
     )
-    g.add_argument("--mapper-images", type=int, default=40, help="images per mapper round (0: none)")
+    g.add_argument(
+        "--mapper-images", type=int, default=40, help="images per mapper round (0: none)"
+    )
     g.add_argument("--mapper-rounds", type=int, default=5)
     g.add_argument(
         "--no-file-costs", action="store_true", help="skip the per-file costs at Cityscapes size"

@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -228,7 +228,12 @@ def _run_child(code: str, timeout: int = 3600) -> Dict:
     env["PYTHONPATH"] = os.pathsep.join([root, tools, env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
-        [sys.executable, "-c", f"import json; from benchmarks.startup import child, file_costs, mapper_child; print('@@' + json.dumps({code}))"],
+        [
+            sys.executable,
+            "-c",
+            "import json; from benchmarks.startup import child, file_costs, mapper_child; "
+            f"print('@@' + json.dumps({code}))",
+        ],
         env=env, capture_output=True, text=True, timeout=timeout,
     )
     for line in proc.stdout.splitlines():
@@ -324,7 +329,9 @@ def machine() -> Dict:
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     return {"nproc": os.cpu_count(), "cpu": model, "python": sys.version.split()[0]}
@@ -332,7 +339,8 @@ def machine() -> Dict:
 
 def format_startup_table(result: Dict) -> str:
     lines = [
-        "| images | annotations | Detectron2 CPU s | seg2 first start CPU s (x) | seg2 later start CPU s (x) | Detectron2 RSS MB | seg2 RSS MB first / later (x) |",
+        "| images | annotations | Detectron2 CPU s | seg2 first start CPU s (x) "
+        "| seg2 later start CPU s (x) | Detectron2 RSS MB | seg2 RSS MB first / later (x) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -341,7 +349,8 @@ def format_startup_table(result: Dict) -> str:
             f"| {r['images']} | {r['annotations']} | {d2['cpu_s']:.2f} | "
             f"{a['cpu_s']:.2f} ({a['cpu_s'] / d2['cpu_s']:.2f}x) | "
             f"{b['cpu_s']:.2f} ({b['cpu_s'] / d2['cpu_s']:.2f}x) | {d2['rss_mb']:.0f} | "
-            f"{a['rss_mb']:.0f} / {b['rss_mb']:.0f} ({max(a['rss_mb'], b['rss_mb']) / d2['rss_mb']:.2f}x) |"
+            f"{a['rss_mb']:.0f} / {b['rss_mb']:.0f} "
+            f"({max(a['rss_mb'], b['rss_mb']) / d2['rss_mb']:.2f}x) |"
         )
     if "mapper" in result:
         m = result["mapper"]
