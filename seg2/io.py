@@ -31,6 +31,7 @@ __all__ = [
     "open_image",
     "read_image",
     "load_image",
+    "read_image_header",
     "BitDepthRule",
     "read_label_png",
     "read_label",
@@ -173,7 +174,8 @@ class BitDepthRule:
         if self.method == "divisor":
             return f"floor(v / {self.divisor:g})"
         if self.method == "percentile":
-            return f"per-image stretch between percentiles {self.percentiles[0]:g}-{self.percentiles[1]:g}"
+            low, high = self.percentiles
+            return f"per-image stretch between percentiles {low:g}-{high:g}"
         return "per-image min-max stretch"
 
     def apply(self, values: np.ndarray) -> np.ndarray:
@@ -261,6 +263,68 @@ def load_image(
     if img.mode in _MODE_NOTES:
         notes.append(_MODE_NOTES[img.mode])
     return img, notes
+
+
+# Chunks after the pixel data that can carry EXIF orientation Detectron2 would apply.
+_PNG_LATE_METADATA = (b"eXIf", b"iTXt", b"tEXt", b"zTXt")
+# What Detectron2's EXIF transposes do to (height, width): orientations 5-8 swap them.
+_EXIF_SWAPS = (5, 6, 7, 8)
+
+
+def _png_needs_decode(f) -> bool:
+    """Walk a PNG's chunk headers (no pixel data is read): True when it does not reach IEND
+    (truncated) or has metadata after its pixel data, which only a full read sees."""
+    f.seek(8)
+    seen_idat = False
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return True
+        length, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_idat = True
+        elif seen_idat and kind in _PNG_LATE_METADATA:
+            return True
+        f.seek(length + 4, 1)
+
+
+def _jpeg_needs_decode(f) -> bool:
+    """True unless the file ends with the end-of-image marker (else truncated, or data
+    appended after the image, which only a full read tells apart)."""
+    f.seek(-2, 2)
+    return f.read(2) != b"\xff\xd9"
+
+
+def read_image_header(
+    path: str, bit_depth: Optional[BitDepthRule] = None
+) -> Tuple[Tuple[int, int], List[str]]:
+    """The (height, width) and the notes :func:`load_image` would give, read from the file's
+    headers without decoding its pixels: format, size, mode, EXIF orientation; a JPEG or PNG
+    that does not end as it should is decoded, as is every other format and any image with
+    more than 8 bits per sample, so the answer and the errors are those of a full read."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {not_a_file(path, 'image')}")
+    header = None
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            check = {"JPEG": _jpeg_needs_decode, "PNG": _png_needs_decode}.get(img.format)
+            if check is not None and img.mode not in _HIGH_BIT_MODES and not check(f):
+                # the base class reads EXIF from the headers; PNG's own method decodes first
+                header = Image.Image.getexif(img).get(0x0112, 1), img.size, img.mode
+    except Exception:
+        header = None
+    if header is None:
+        img, notes = load_image(path, bit_depth)
+        return (img.height, img.width), notes
+    exif, (w, h), mode = header
+    notes = []
+    if exif not in (None, 1):
+        notes.append(f"EXIF orientation {exif} applied (as Detectron2 does)")
+    if mode in _MODE_NOTES:
+        notes.append(_MODE_NOTES[mode])
+    return ((w, h) if exif in _EXIF_SWAPS else (h, w)), notes
 
 
 def read_image(

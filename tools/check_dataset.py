@@ -9,12 +9,13 @@ bringing your own data.
 
 With a config, the datasets are ``--datasets`` or else ``DATASETS.TRAIN``, ``DATASETS.TEST``
 and every ``DATASETS.SEG2.*`` entry; ``INPUT.SEG2.BIT_DEPTH`` and ``DATASETS.SEG2.CHECK_FILES``
-apply as in training; the ``DATASETS.TRAIN`` sets are checked as training checks them
-(something to learn from, one list of classes) and the ``DATASETS.TEST`` sets as scoring reads
-them (COCO ``area``); data given by path is checked as both. Prints one report per dataset
-(every problem with its file, id, field and value; each kind of conversion once with a count).
-Exit status: 0 all clean, 1 problems found, 2 unusable input (one line on stderr, no
-traceback).
+apply as in training (images are read from their headers unless ``DATASETS.SEG2.CHECK_FILES
+True`` decodes them fully; results are kept in ``DATASETS.SEG2.VALIDATION_CACHE_DIR``); the
+``DATASETS.TRAIN`` sets are checked as training checks them (something to learn from, one list
+of classes) and the ``DATASETS.TEST`` sets as scoring reads them (COCO ``area``); data given by
+path is checked as both. Prints one report per dataset (every problem with its file, id, field
+and value; each kind of conversion once with a count). Exit status: 0 all clean, 1 problems
+found, 2 unusable input (one line on stderr, no traceback).
 """
 
 import argparse

@@ -16,14 +16,8 @@ exit status 2 (--debug or SEG2_DEBUG=1 shows the traceback).
 import logging
 import os
 
-# MKL's reproducible mode. Without it, how MKL splits a matmul's sum between threads depends on
-# the machine's load, and seg2's ROIAlign backward (whole-map matmuls summing over the ROIs)
-# made 2-thread runs differ on a busy machine. Read when torch loads MKL, so set before the
-# imports; a value in the environment wins.
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
-
-import seg2  # noqa: E402, F401  (first: registers heads, meta-architectures and datasets)
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+import seg2  # noqa: F401  (first: registers heads, meta-architectures and datasets)
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
 from seg2.engine.defaults import format_metrics_table, setup_cfg, write_metrics

@@ -8,22 +8,40 @@ import numbers
 from collections import Counter
 from typing import Dict, List, Tuple
 
-__all__ = ["check_coco_panoptic_json", "check_not_empty", "check_stuff_not_crowd"]
+__all__ = [
+    "is_int",
+    "is_num",
+    "check_ids",
+    "check_top_level",
+    "check_images_json",
+    "report_unknown_image",
+    "check_categories",
+    "check_coco_panoptic_json",
+    "check_not_empty",
+    "check_stuff_not_crowd",
+]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def is_int(v) -> bool:
+    """A JSON integer (booleans are not)."""
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
 # COCO ids end up in int64 arrays (pycocotools, Detectron2, torch).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _is_num(v) -> bool:
+def is_num(v) -> bool:
+    """A finite JSON number (booleans are not)."""
+    t = type(v)
+    if t is int:
+        return True
+    if t is float:
+        return math.isfinite(v)
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set:
+def check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set:
     """Integer ids, each used once (a duplicate is reported once, with its count); returns
     every integer id, so references to a duplicated id are not reported again."""
     counts = Counter(x.get("id") for x in items if isinstance(x, dict))
@@ -34,13 +52,13 @@ def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set
             continue
         v = x.get("id")
         sample = sample_of(x) if sample_of else None
-        if not _is_int(v) or not INT64_MIN <= v <= INT64_MAX:
+        if not is_int(v) or not INT64_MIN <= v <= INT64_MAX:
             report.add(
                 path,
                 f"{kind} #{i}",
                 "id",
                 v,
-                "id must be an integer" if not _is_int(v) else "id does not fit in 64 bits",
+                "id must be an integer" if not is_int(v) else "id does not fit in 64 bits",
                 sample if isinstance(sample, (str, int, float)) else None,
             )
             continue
@@ -54,7 +72,8 @@ def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set
     return ids
 
 
-def _top_level(data, path: str, report) -> bool:
+def check_top_level(data, path: str, report) -> bool:
+    """A JSON object with the lists 'images', 'annotations' and 'categories'."""
     if not isinstance(data, dict):
         report.add(path, "", "", type(data).__name__, "a COCO file must be a JSON object")
         return False
@@ -78,15 +97,15 @@ def check_not_empty(data: Dict, path: str, report) -> bool:
     return True
 
 
-def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
+def check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     """({id: image} of every image with a valid id, {id: image} of those also usable: size
     fields positive integers and a file name)."""
-    ids = _check_ids(images, path, "image", report, sample_of=lambda im: im.get("id"))
+    ids = check_ids(images, path, "image", report, sample_of=lambda im: im.get("id"))
     known, usable = {}, {}
     for im in images:
         if isinstance(im, dict) and (
             isinstance(im.get("id"), (str, float))
-            or (_is_int(im.get("id")) and im["id"] not in ids)
+            or (is_int(im.get("id")) and im["id"] not in ids)
         ):
             known.setdefault(im["id"], im)  # reported; references to it are not reported again
         if not isinstance(im, dict) or im.get("id") not in ids or im["id"] in known:
@@ -94,7 +113,7 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
         known[im["id"]] = im
         where, ok = f"image {im['id']}", True
         for key in ("height", "width"):
-            if not (_is_int(im.get(key)) and im[key] > 0):
+            if not (is_int(im.get(key)) and im[key] > 0):
                 report.add(
                     path,
                     where,
@@ -119,7 +138,7 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     return known, usable
 
 
-def _report_unknown_image(img_id, known, path: str, where: str, report) -> None:
+def report_unknown_image(img_id, known, path: str, where: str, report) -> None:
     """An annotation's image_id that no image has (ids already reported as malformed in
     'images' are in ``known`` and not reported twice)."""
     if img_id not in known:
@@ -127,8 +146,10 @@ def _report_unknown_image(img_id, known, path: str, where: str, report) -> None:
         report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", sample)
 
 
-def _check_categories(cats: List, path: str, report, panoptic: bool = False) -> Dict:
-    ids = _check_ids(cats, path, "category", report)
+def check_categories(cats: List, path: str, report, panoptic: bool = False) -> Dict:
+    """{id: category} of the categories with a valid id; names (and, for panoptic,
+    ``isthing``) checked."""
+    ids = check_ids(cats, path, "category", report)
     out = {}
     for c in cats:
         if not isinstance(c, dict) or c.get("id") not in ids or c["id"] in out:
@@ -152,10 +173,10 @@ def _check_categories(cats: List, path: str, report, panoptic: bool = False) -> 
 def check_coco_panoptic_json(data, path: str, report) -> bool:
     """COCO panoptic JSON: image/category ids, one annotation per image, segment ids and
     categories. The PNGs are checked by :func:`check_panoptic_file`. False if unusable."""
-    if not _top_level(data, path, report):
+    if not check_top_level(data, path, report):
         return False
-    known, images = _check_images_json(data["images"], path, report)
-    cats = _check_categories(data["categories"], path, report, panoptic=True)
+    known, images = check_images_json(data["images"], path, report)
+    cats = check_categories(data["categories"], path, report, panoptic=True)
     seen = Counter()
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
@@ -164,7 +185,7 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
         img_id = a.get("image_id")
         where = f"annotation of image {img_id!r}"
         if img_id not in images:
-            _report_unknown_image(img_id, known, path, where, report)
+            report_unknown_image(img_id, known, path, where, report)
             continue
         seen[img_id] += 1
         if seen[img_id] == 2:
@@ -203,7 +224,7 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                 report.add(path, where, "segments_info", s, "segment is not a JSON object", img_id)
                 continue
             sw = f"segment {s.get('id')!r} of image {img_id}"
-            if not (_is_int(s.get("id")) and 0 < s["id"] < 256**3):
+            if not (is_int(s.get("id")) and 0 < s["id"] < 256**3):
                 report.add(
                     path,
                     sw,

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class ResumableTrainLoader:
     loader contract) whose position is checkpointable (:meth:`state_dict`).
 
     Args:
-        dataset: list of dataset dicts.
+        dataset: list of dataset dicts, or a ``DatasetFromList`` of them (kept as it is).
         mapper: dataset dict -> model input dict (None = skip the sample).
         sampler_factory: seed -> an infinite index sampler for this rank (Detectron2's
             ``TrainingSampler`` and friends); called in the main process at each ``iter``.
@@ -157,7 +157,7 @@ class ResumableTrainLoader:
 
     def __init__(
         self,
-        dataset: List[Dict],
+        dataset: Sequence[Dict],
         mapper: Callable,
         sampler_factory: Callable[[int], Any],
         batch_size: int,
@@ -165,7 +165,11 @@ class ResumableTrainLoader:
         aspect_ratio_grouping: bool = True,
         num_workers: int = 0,
     ):
-        self._dataset = DatasetFromList(dataset, copy=False, serialize=True)
+        self._dataset = (
+            dataset
+            if isinstance(dataset, DatasetFromList)
+            else DatasetFromList(dataset, copy=False, serialize=True)
+        )
         self._mapper = mapper
         self._sampler_factory = sampler_factory
         self.batch_size = batch_size
@@ -239,8 +243,11 @@ class ResumableTrainLoader:
                 self._pending[b].append(position)
 
 
-def build_sampler_factory(cfg, dataset: List[Dict]) -> Callable[[int], Any]:
-    """seed -> the sampler ``DATALOADER.SAMPLER_TRAIN`` names, seeded with it."""
+def build_sampler_factory(cfg, dataset: Sequence[Dict]) -> Callable[[int], Any]:
+    """seed -> the sampler ``DATALOADER.SAMPLER_TRAIN`` names, seeded with it. What the
+    samplers need of ``dataset`` (its length, repeat factors) is taken now: the factory
+    keeps no reference to it, except for a sampler Detectron2 builds that seg2 does not
+    know (then give the serialized dataset the loader holds)."""
     from detectron2.data import build_detection_train_loader
     from detectron2.data.samplers import (
         RandomSubsetTrainingSampler,
@@ -248,23 +255,21 @@ def build_sampler_factory(cfg, dataset: List[Dict]) -> Callable[[int], Any]:
         TrainingSampler,
     )
 
-    name = cfg.DATALOADER.SAMPLER_TRAIN
+    name, size = cfg.DATALOADER.SAMPLER_TRAIN, len(dataset)
+    if name == "TrainingSampler":
+        return lambda seed: TrainingSampler(size, seed=seed)
+    if name == "RepeatFactorTrainingSampler":
+        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+        )
+        return lambda seed: RepeatFactorTrainingSampler(factors, seed=seed)
+    if name == "RandomSubsetTrainingSampler":
+        ratio = cfg.DATALOADER.RANDOM_SUBSET_RATIO
+        return lambda seed: RandomSubsetTrainingSampler(
+            size, ratio, seed_shuffle=seed, seed_subset=seed
+        )
 
     def make(seed: int):
-        if name == "TrainingSampler":
-            return TrainingSampler(len(dataset), seed=seed)
-        if name == "RepeatFactorTrainingSampler":
-            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
-            )
-            return RepeatFactorTrainingSampler(factors, seed=seed)
-        if name == "RandomSubsetTrainingSampler":
-            return RandomSubsetTrainingSampler(
-                len(dataset),
-                cfg.DATALOADER.RANDOM_SUBSET_RATIO,
-                seed_shuffle=seed,
-                seed_subset=seed,
-            )
         # Other samplers draw their seeds from the global RNGs: seed those, for this call only.
         with _seeded(seed):
             return build_detection_train_loader.from_config(cfg, mapper=_identity, dataset=dataset)[

@@ -8,6 +8,7 @@ from unittest import mock
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data.common import DatasetFromList
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
@@ -159,7 +160,6 @@ class Seg2Trainer(DefaultTrainer):
         # Detectron2's own config reading (datasets, filtering, batch size); a placeholder
         # sampler keeps it from drawing a seed we would not use.
         args = build_detection_train_loader.from_config(cfg, mapper=mapper, sampler=object())
-        dataset = args["dataset"]
         world = comm.get_world_size()
         if args["total_batch_size"] % world:
             from .config_check import ConfigError
@@ -168,10 +168,13 @@ class Seg2Trainer(DefaultTrainer):
                 f"SOLVER.IMS_PER_BATCH = {args['total_batch_size']} is not divisible by the "
                 f"{world} processes"
             )
+        # The dicts live on serialized, as in Detectron2's loader; the list goes now.
+        sampler_factory = build_sampler_factory(cfg, args["dataset"])
+        dataset = DatasetFromList(args.pop("dataset"), copy=False, serialize=True)
         return ResumableTrainLoader(
             dataset,
             mapper,
-            build_sampler_factory(cfg, dataset),
+            sampler_factory,
             batch_size=args["total_batch_size"] // world,
             seed=data_seed(cfg),
             aspect_ratio_grouping=args["aspect_ratio_grouping"],

@@ -1,19 +1,24 @@
-"""ROIAlign with a fast CPU backward.
+"""ROIAlign with a fast, deterministic CPU backward.
 
-torchvision's CPU ``roi_align`` backward is a plain loop over the output elements that adds
-every bilinear sample into the input gradient one by one, in one thread: in the demo's
-Mask R-CNN training step on 2 cores it was 20% of the step (torch.profiler; README
-"Speed"). The forward is kept as it is (torchvision's, bit for bit); only the CPU backward
-changes, and it computes the same gradient summed in a different order.
+torchvision's CPU ``roi_align`` backward is a plain loop in one thread that adds every
+bilinear sample into the input gradient one by one; in a CPU Mask R-CNN training step it is
+a sizeable share of the time. Here the forward stays torchvision's, bit for bit; only the
+CPU backward changes: the same gradient, summed in a different order.
 
 Why it can be fast: a ROIAlign bin averages bilinear samples on a grid whose rows and
 columns are independent, and the out-of-map test is one test on ``y`` and one on ``x``. So
 the weight of input pixel ``(y, x)`` in bin ``(p, q)`` of ROI ``r`` factorises as
 ``Ay[r, p, y] * Ax[r, q, x]``, and the gradient of ROI ``r`` is ``Ay[r]^T @ g[r] @ Ax[r]``
 per channel. Two ways to sum it, chosen per call by a cost estimate: small windows around
-each ROI accumulated into the map by index (large maps, small ROIs), or whole-map matmuls,
-one per image (small maps, where every window covers most of the map). On CUDA
-torchvision's kernel is used unchanged.
+each ROI added into the map by index (large maps, small ROIs), or whole-map matmuls over
+blocks of a few ROIs (small maps, where every window covers most of the map).
+
+Deterministic: every input-gradient element is summed in an order fixed by the ROIs alone,
+whatever the number of threads or the machine's load. Matmuls only contract over one ROI's
+bins or one block's (too short for the BLAS to split between threads), and the sum over ROIs
+or blocks is ``index_add_``, which adds in index order on CPU (``index_put_`` with
+``accumulate=True`` does not). So a training run repeats bit for bit at a given thread
+count without any process-wide BLAS setting. On CUDA torchvision's kernel is used unchanged.
 """
 from typing import Tuple
 
@@ -141,27 +146,55 @@ def _to_full(weights, start, length):
 
 
 def _dense_backward(grad_output, batch, ay, ax, n):
-    """Per image  sum_r Ay_r^T @ g_r @ Ax_r  as two matmuls over whole-map weights."""
+    """Per image  sum_r Ay_r^T @ g_r @ Ax_r  over whole-map weights, in blocks of ROIs.
+
+    A single matmul over all of an image's ROIs would hand the sum over ROIs to the BLAS,
+    which may split it between threads differently from call to call. Here each matmul
+    contracts over one block of :data:`_BLOCK_BINS` bin rows (a few ROIs, too short to split),
+    and the blocks are added into the image by ``index_add_``, in block order.
+    """
     r, c, ph, pw = grad_output.shape
     h, w = ay.shape[2], ax.shape[2]
-    grad_input = grad_output.new_zeros((n, c, h, w))
+    per_block = max(1, _BLOCK_BINS // ph)
+    # Each image's ROIs in consecutive slots, padded to whole blocks with zero ROIs.
     order = torch.argsort(batch, stable=True)
-    per_image = torch.bincount(batch, minlength=n).tolist()
-    step = max(1, _CHUNK_ELEMENTS // (c * ph * w))  # ROIs per matmul: bounds t's memory
-    start = 0
-    for i, count in enumerate(per_image):
-        for s in range(start, start + count, step):
-            idx = order[s : min(s + step, start + count)]
-            m = len(idx)
-            # (C, m, PH, PW) @ (m, PW, W) -> (C, m, PH, W); then (H, m*PH) @ (C, m*PH, W).
-            t = torch.matmul(grad_output[idx].transpose(0, 1), ax[idx])
-            grad_input[i] += torch.matmul(ay[idx].reshape(m * ph, h).t(), t.reshape(c, m * ph, w))
-        start += count
-    return grad_input
+    per_image = torch.bincount(batch, minlength=n)
+    blocks = (per_image + per_block - 1) // per_block
+    first_slot = (torch.cumsum(blocks, 0) - blocks) * per_block
+    first_roi = torch.cumsum(per_image, 0) - per_image
+    sorted_batch = batch[order]
+    slot = first_slot[sorted_batch] + torch.arange(r, device=batch.device) - first_roi[sorted_batch]
+    num_blocks = int(blocks.sum())
+    block_image = torch.repeat_interleave(torch.arange(n, device=batch.device), blocks)
+    # (C, H, W) partial sums per chunk of blocks: bounds the intermediates' memory.
+    step = max(1, _CHUNK_ELEMENTS // (c * h * w + per_block * c * ph * w))
+    grad_input = grad_output.new_zeros((n, h, c, w))
+    for b0 in range(0, num_blocks, step):
+        nb = min(step, num_blocks - b0)
+        lo, hi = b0 * per_block, (b0 + nb) * per_block
+        sel = (slot >= lo) & (slot < hi)
+        idx, pos = order[sel], slot[sel] - lo
+        g = grad_output.new_zeros((nb * per_block, ph, c, pw))
+        g[pos] = grad_output[idx].transpose(1, 2)
+        a_x = ax.new_zeros((nb * per_block, pw, w))
+        a_x[pos] = ax[idx]
+        a_y = ay.new_zeros((nb * per_block, ph, h))
+        a_y[pos] = ay[idx]
+        # (PH*C, PW) @ (PW, W) per ROI, then (H, B*PH) @ (B*PH, C*W) per block of B ROIs.
+        t = torch.bmm(g.view(-1, ph * c, pw), a_x).view(nb, per_block * ph, c * w)
+        a_y = a_y.view(nb, per_block * ph, h).transpose(1, 2)
+        partial = torch.bmm(a_y, t).view(nb, h, c, w)
+        grad_input.index_add_(0, block_image[b0 : b0 + nb], partial)
+    return grad_input.permute(0, 2, 1, 3).contiguous()
+
+
+# Bin rows contracted by one matmul of the dense path (a block of ROIs: 9 at 7x7, 4 at 14x14).
+_BLOCK_BINS = 64
 
 
 def _window_backward(grad_output, batch, ay, y0, ax, x0, input_shape):
-    """Per ROI  Ay^T @ g @ Ax  over its window, accumulated into the map by index."""
+    """Per ROI  Ay^T @ g @ Ax  over its window, added into the map by ``index_add_`` in ROI
+    order."""
     n, c, h, w = input_shape
     r, _, ph, pw = grad_output.shape
     kh, kw = ay.shape[2], ax.shape[2]
@@ -181,7 +214,7 @@ def _window_backward(grad_output, batch, ay, y0, ax, x0, input_shape):
         win = torch.bmm(ay_t[sl], t).view(-1, c)
         # Windows past the map's edge carry zero weight; clamping their index adds zeros.
         index = (batch[sl, None, None] * h + rows[sl, :, None]) * w + cols[sl, None, :]
-        target.index_put_((index.view(-1),), win, accumulate=True)
+        target.index_add_(0, index.view(-1), win)
     return grad_input
 
 
