@@ -23,7 +23,7 @@ __all__ = ["ValidationCache", "default_cache_dir", "file_digest", "check_workers
 logger = logging.getLogger(__name__)
 
 # Bump when a check changes what it finds, so older results are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> str:
