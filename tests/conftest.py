@@ -3,7 +3,12 @@ import shutil
 import sys
 import tempfile
 
-import torch
+# MKL's reproducible mode, as tools/train_net.py sets it: the test process and the tools it
+# starts (which inherit this environment) then run the same MKL code paths. Read when MKL
+# starts, so set before torch is imported; a value in the environment wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import torch  # noqa: E402
 
 # Two cores: keep test processes from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
