@@ -16,7 +16,14 @@ from ..config_check import check_config, merge_config_file, merge_config_list
 from ..data.datasets import register_from_config, validate_datasets
 from ..io import write_json
 
-__all__ = ["setup_cfg", "write_metrics", "format_metrics_table", "RESULTS_FILE"]
+__all__ = [
+    "load_cfg",
+    "setup_run",
+    "setup_cfg",
+    "write_metrics",
+    "format_metrics_table",
+    "RESULTS_FILE",
+]
 
 # Evaluation results of tools/train_net.py. Not metrics.json: that is Detectron2's JSONWriter
 # log of every training iteration (JSON lines), which its tools and TensorBoard curves read.
@@ -33,11 +40,11 @@ _HEADLINE = {
 }
 
 
-def setup_cfg(args) -> CfgNode:
+def load_cfg(args) -> CfgNode:
     """Config from ``--config-file`` plus trailing ``KEY VALUE`` overrides, with seg2's
     defaults and user datasets (``DATASETS.SEG2.*``) registered, checked
     (:mod:`seg2.config_check`: a problem raises ``ConfigError`` before anything is built);
-    frozen."""
+    frozen. Writes nothing."""
     cfg = get_cfg()
     add_seg2_config(cfg)
     merge_config_file(cfg, args.config_file)
@@ -47,9 +54,21 @@ def setup_cfg(args) -> CfgNode:
         cfg, eval_only=getattr(args, "eval_only", False), resume=getattr(args, "resume", False)
     )
     cfg.freeze()
+    return cfg
+
+
+def setup_run(cfg: CfgNode, args) -> None:
+    """Detectron2's ``default_setup`` (OUTPUT_DIR, its config.yaml and log, seeds), seg2's
+    logger, and the datasets validated before the first iteration."""
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
-    validate_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)  # before the first iteration
+    validate_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+
+
+def setup_cfg(args) -> CfgNode:
+    """:func:`load_cfg` then :func:`setup_run`."""
+    cfg = load_cfg(args)
+    setup_run(cfg, args)
     return cfg
 
 

@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..io import InputError
+from .preemption import ignore_stop_signals
 
 __all__ = [
     "ResumableTrainLoader",
@@ -217,6 +218,7 @@ class ResumableTrainLoader:
             num_workers=self._num_workers,
             collate_fn=_identity,
             generator=generator,
+            worker_init_fn=ignore_stop_signals if self._num_workers else None,
         )
         for position, item in loader:
             self._next = position + 1
@@ -285,8 +287,11 @@ def data_seed(cfg) -> int:
 
 class TrainingState:
     """Checkpointable (``state_dict``/``load_state_dict``) holding, per process, the train
-    loader's position and the RNG states. Captured by :class:`CaptureTrainingState` on every
-    process at checkpoint iterations (only the main process writes the file)."""
+    loader's position and the RNG states. Captured on every process (a collective) by
+    :class:`CaptureTrainingState` at checkpoint iterations, or by the stop-on-signal hook; only
+    the main process writes the file. A capture serves every save until :meth:`discard` (the
+    next iteration): Detectron2 saves ``model_NNNNNNN`` and ``model_final`` after the same
+    iteration when ``MAX_ITER`` is a multiple of ``CHECKPOINT_PERIOD``."""
 
     def __init__(self, loader: Optional[ResumableTrainLoader]):
         self.loader = loader
@@ -303,9 +308,11 @@ class TrainingState:
         local = self._local()
         self._snapshot = comm.all_gather(local) if comm.get_world_size() > 1 else [local]
 
+    def discard(self) -> None:
+        self._snapshot = None
+
     def state_dict(self) -> Dict[str, Any]:
         ranks = self._snapshot if self._snapshot is not None else [self._local()]
-        self._snapshot = None
         return {"world_size": len(ranks), "ranks": ranks}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -327,11 +334,15 @@ class TrainingState:
 class CaptureTrainingState(HookBase):
     """Snapshot :class:`TrainingState` after the iterations whose checkpoint Detectron2's
     ``PeriodicCheckpointer`` writes (every ``period`` and the last), on all processes; runs
-    just before that hook, after the optimizer step and PreciseBN."""
+    just before that hook, after the optimizer step and PreciseBN. The snapshot is dropped
+    when the next iteration starts, so no later save can write a stale one."""
 
     def __init__(self, state: TrainingState, period: int):
         self._state = state
         self._period = period
+
+    def before_step(self):
+        self._state.discard()
 
     def after_step(self):
         it = self.trainer.iter
