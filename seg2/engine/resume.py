@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import random
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -176,6 +177,7 @@ class ResumableTrainLoader:
         self._next = 0  # first stream position not yet received
         self._pending: List[List[int]] = [[], []]  # received, not yet batched, per bucket
         self._skipped = 0
+        self._open = weakref.WeakSet()  # iterations in progress (generators)
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -199,6 +201,18 @@ class ResumableTrainLoader:
         return int(not d["width"] > d["height"]) if self._grouping else 0
 
     def __iter__(self) -> Iterator[List[Dict]]:
+        batches = self._batches()
+        self._open.add(batches)
+        return batches
+
+    def close(self) -> None:
+        """End the iterations in progress, shutting their loader workers down now. Left to
+        garbage collection, that can come after multiprocessing's exit handler, which would
+        then wait for workers that ignore SIGTERM (:func:`ignore_stop_signals`)."""
+        for batches in list(self._open):
+            batches.close()
+
+    def _batches(self) -> Iterator[List[Dict]]:
         sampler = self._sampler_factory(self.seed)
         stream = _SampleStream(
             self._dataset, self._mapper, sampler, self.seed, comm.get_rank(), self._next

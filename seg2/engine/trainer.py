@@ -105,6 +105,13 @@ class Seg2Trainer(DefaultTrainer):
             ret.append(h)
         return ret
 
+    def train(self):
+        try:
+            return super().train()
+        finally:  # loader workers end with training, not at garbage collection
+            if isinstance(self.data_loader, ResumableTrainLoader):
+                self.data_loader.close()
+
     def run_step(self):
         try:
             super().run_step()
