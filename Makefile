@@ -5,26 +5,23 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# seg2's C sources are part of the key: editing one rebuilds seg2._C on the next make.
-CSRC := $(wildcard seg2/csrc/*.c)
-STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt requirements-bench.txt setup.py $(CSRC) | sha256sum | cut -c1-16)
+STAMP_KEY := $(shell cat requirements.txt requirements-extra.txt requirements-bench.txt setup.py | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(STAMP_KEY)
 DATA := datasets/synthetic
 DEMO_CFG := configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_demo_synthetic.yaml
 DEMO_OUT := output/demo
 
-.PHONY: setup demo test data bench nuclei clean
+.PHONY: setup demo test lint data bench nuclei clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.py $(CSRC)
+$(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt
 	# Detectron2 is published as sal-detectron2, a wheel tagged for Python 3.10 (pure Python).
 	$(PIP) install -q --no-deps --only-binary=:all: --python-version 3.10 --upgrade \
 		--target "$$($(PY) -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')" \
 		sal-detectron2==0.7.2
-	# Builds seg2._C in place when a C compiler is found (else seg2 runs its numpy paths).
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	# Packages used only for the data they ship (stardist's nuclei image), without their
 	# heavy dependencies (see requirements-extra.txt).
@@ -38,15 +35,23 @@ $(STAMP): requirements.txt requirements-extra.txt requirements-bench.txt setup.p
 		echo "pip check found broken requirements (above)"; exit 1; fi
 	rm -f $(VENV)/.stamp-* && touch $@
 
-data: setup
+# Generated once; again only when the generator changes.
+data: $(DATA)/.generated
+
+$(DATA)/.generated: $(STAMP) datasets/prepare_synthetic.py $(wildcard seg2/data/synthetic/*.py)
 	$(PY) datasets/prepare_synthetic.py --output $(DATA)
+	touch $@
 
 demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) OUTPUT_DIR $(DEMO_OUT)
 	@echo "Results: $(DEMO_OUT)/eval_results.json   Training log: $(DEMO_OUT)/metrics.json   Overlays: $(DEMO_OUT)/vis/overview.png"
 
-test: setup
+test: lint
 	$(PY) -m pytest tests -q -p no:cacheprovider
+
+# ruff (lint and import order, configured in ruff.toml); make test runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: data
 	$(PY) tools/benchmark.py all --output output/bench --iters 200 --ims-per-batch 4 --eval-images 20 --num-images 100 --size 256

@@ -1,14 +1,11 @@
 """seg2: semantic, instance and panoptic segmentation on Detectron2."""
-from setuptools import Extension, find_packages, setup
+from setuptools import find_packages, setup
 
 setup(
     name="seg2",
     version="0.1.0",
     description="Detectron2 extension: FCN/U-Net/DeconvNet semantic heads, Mask R-CNN panoptic, evaluation",
     packages=find_packages(include=["seg2", "seg2.*"]),
-    # seg2._C: compiled kernels (the PQ evaluator's pass over the pixels). Optional: where no C
-    # compiler is found the install goes on and seg2 runs its numpy paths (same results).
-    ext_modules=[Extension("seg2._C", ["seg2/csrc/pq_overlaps.c"], optional=True)],
     python_requires=">=3.10",
     # Pinned requirements live in requirements.txt (Detectron2 is not on PyPI under its name).
     install_requires=[],

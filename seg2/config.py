@@ -59,12 +59,10 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.MODEL.SEG2.LOSS = CN()
     cfg.MODEL.SEG2.LOSS.NAMES = ["ce"]
     cfg.MODEL.SEG2.LOSS.WEIGHTS = [1.0]
-    # U-Net weight map w = w_c + W0 * exp(-(d1 + d2)^2 / (2 SIGMA^2)), SIGMA in pixels.
+    # U-Net weight map w = w_c + W0 * exp(-(d1 + d2)^2 / (2 SIGMA^2)), SIGMA in pixels, the
+    # weights of weighted_ce; the dataset mapper builds it (INPUT.SEG2.WEIGHT_MAP).
     cfg.MODEL.SEG2.LOSS.UNET_W0 = 10.0
     cfg.MODEL.SEG2.LOSS.UNET_SIGMA = 5.0
-    # weighted_ce without the mapper's sem_seg_weights: semantic ids whose connected
-    # components stand in for instances (empty = weighted_ce requires INPUT.SEG2.WEIGHT_MAP).
-    cfg.MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES = []
     # Smoothing added to the Dice numerator and denominator.
     cfg.MODEL.SEG2.LOSS.DICE_EPS = 1.0
 
@@ -109,7 +107,8 @@ def add_seg2_config(cfg: CN) -> CN:
 
     # ---- data
     cfg.INPUT.SEG2 = CN()
-    # Compute the U-Net border weight map in the dataset mapper (needs instance masks).
+    # Build U-Net's weight map (sem_seg_weights, read by the weighted_ce loss) in the dataset
+    # mapper from the panoptic PNG's thing segments (needs pan_seg_file_name).
     cfg.INPUT.SEG2.WEIGHT_MAP = False
     # Semantic crops: most of a crop one class may cover before another crop is drawn
     # (1.0 = no limit); Detectron2's DeepLab recipe uses 0.75 on Cityscapes.
@@ -150,7 +149,7 @@ def add_seg2_config(cfg: CN) -> CN:
     # (seg2/evaluation/boundary.py); off by default: distance transforms cost time per image.
     cfg.TEST.SEG2.BOUNDARY_EVAL = False
 
-    # ---- tools/predict.py (issue 11, predict)
+    # ---- tools/predict.py
     # Images per forward pass when predicting on files or video frames (--batch-size
     # overrides). Batched images are padded to the largest one, as in training.
     cfg.TEST.SEG2.PREDICT_BATCH_SIZE = 4

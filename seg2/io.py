@@ -4,8 +4,7 @@ message names the file (and the field).
 
 Readers: :func:`read_json`, :func:`read_image` (Detectron2's conventions: EXIF orientation,
 ``INPUT.FORMAT`` modes), :func:`read_label_png` (class ids; palette PNGs give their indices,
-never a luminance), :func:`read_panoptic_png` (COCO panoptic ids; :func:`read_panoptic_words`
-for the raw 4-byte pixels). Writers are atomic
+never a luminance), :func:`read_panoptic_png` (COCO panoptic ids). Writers are atomic
 (temporary file + ``os.replace``), so a killed process never leaves a torn file behind.
 """
 
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 try:
     import orjson
@@ -34,8 +33,6 @@ __all__ = [
     "read_label_png",
     "read_label",
     "read_panoptic_png",
-    "read_panoptic_words",
-    "WORD_HIGH",
     "atomic_open",
     "write_json",
     "write_png",
@@ -52,7 +49,7 @@ class InputError(ValueError):
 
 def read_json(path: str, what: str = "JSON") -> Any:
     """Parse a JSON file; a missing, non-UTF-8 or malformed file raises InputError naming it.
-    orjson parses when installed (2-3x faster); the standard parser takes
+    orjson parses when installed (faster); the standard parser takes
     over for what orjson refuses (NaN, huge integers) and for the error's line and column."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what} file not found")
@@ -221,8 +218,6 @@ def load_image(
         single-band image scaled to 8 bits by per-image min-max stretch". Mode conversions
         to RGB (grayscale, palette, alpha) are listed too; they happen in :func:`read_image`.
     """
-    from detectron2.data.detection_utils import _apply_exif_orientation
-
     rule = bit_depth or BitDepthRule()
     notes: List[str] = []
     if not os.path.isfile(path):
@@ -235,7 +230,8 @@ def load_image(
         return _array_to_pil(_read_tiff(path, e), path, rule, notes), notes
     try:
         exif = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-        img = _apply_exif_orientation(img)
+        if exif not in (None, 1):  # the transposition Detectron2's reader applies
+            img = ImageOps.exif_transpose(img)
     except Exception as e:
         raise InputError(
             f"{path}: cannot apply EXIF orientation ({type(e).__name__}: {e})"
@@ -299,56 +295,21 @@ def read_label(path: str, what: str = "label") -> np.ndarray:
 
 def read_panoptic_png(path: str, what: str = "panoptic") -> np.ndarray:
     """A COCO panoptic PNG as (H, W) int64 segment ids (R + 256 G + 256^2 B; 0 = void)."""
-    return (read_panoptic_words(path, what) & 0xFFFFFF).astype(np.int64)
-
-
-def read_panoptic_words(
-    path: str, what: str = "panoptic", out: Optional[np.ndarray] = None
-) -> np.ndarray:
-    """A COCO panoptic PNG as (H, W) uint32 words whose low 24 bits are the segment ids and
-    whose high byte is 0xFF (PIL's padding of RGB pixels; an RGBA PNG's alpha is
-    overwritten), for the PQ evaluator's hot loop, which searches ``id | 0xFF000000``.
-
-    PIL decodes straight into the returned array (its memory mapped as the image's), so
-    there is no copy; and into ``out`` when it is a writable C-contiguous ``<u4`` array of
-    the PNG's size (else a new array is returned): a caller reading many PNGs of one size
-    reuses one array, sparing the fresh memory's page faults (in a fresh process here, 96
-    per 256 px PNG and ~40% of its reading time). The file is opened here, not by PIL,
-    which would resolve the path's links first (a ``stat`` per folder, per PNG). Written for
-    few Python steps: at 256 px each microsecond is 0.1% of the PQ evaluator's time."""
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f, formats=_PNG)
-            mode = img.mode
-            if mode != "RGB" and mode != "RGBA":
+        with Image.open(path, formats=("PNG",)) as img:
+            if img.mode not in ("RGB", "RGBA"):
                 raise InputError(
-                    f"{path}: {what} PNG has mode {mode}; COCO panoptic PNGs are RGB "
+                    f"{path}: {what} PNG has mode {img.mode}; COCO panoptic PNGs are RGB "
                     "(id = R + 256 G + 256^2 B)"
                 )
-            width, height = size = img.size
-            if out is None or out.shape != (height, width) or not _is_words(out):
-                out = np.empty((height, width), dtype=_WORD)
-            mapped = Image.core.map_buffer(out, size, "raw", 0, (mode, 0, 1))
-            img.im = mapped
-            img.load()
-            if img.im is not mapped:  # a PIL that decodes into memory of its own: copy
-                raw = img.tobytes("raw", "RGBX" if mode == "RGB" else "RGBA")
-                out[...] = np.frombuffer(raw, dtype=_WORD).reshape(height, width)
+            # Each pixel packed into one little-endian 32-bit word: R + 256 G + 256^2 B in the
+            # low 24 bits (the fourth byte, padding or alpha, is masked off).
+            raw = img.tobytes("raw", "RGBX" if img.mode == "RGB" else "RGBA")
+            words = np.frombuffer(raw, dtype="<u4")
+            ids = (words & 0xFFFFFF).astype(np.int64).reshape(img.height, img.width)
     except Exception as e:
-        raise _image_error(path, f"{what} PNG", _PNG, e) from None
-    if mode == "RGBA":
-        np.bitwise_or(out, np.uint32(WORD_HIGH), out=out)
-    return out
-
-
-_PNG = ("PNG",)
-_WORD = np.dtype("<u4")
-# The high byte of read_panoptic_words' words: PIL's padding of RGB pixels (alpha overwritten).
-WORD_HIGH = 0xFF000000
-
-
-def _is_words(out: np.ndarray) -> bool:
-    return out.dtype == _WORD and out.flags.carray  # C-contiguous, aligned, writable
+        raise _image_error(path, f"{what} PNG", ("PNG",), e) from None
+    return ids
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ not installed with seg2).
     python tools/benchmark.py models --output DIR [--repeats R] [--variants V ...] [KEY VALUE ...]
     # both, into DIR/heads and DIR/evaluators
     python tools/benchmark.py all --output DIR --iters N
+    # the make demo config trained and evaluated once per seed: mean and range of its figures
+    python tools/benchmark.py seeds --output DIR [--seeds 1 2 3] [--threads 2] [KEY VALUE ...]
 
 Trailing ``KEY VALUE`` pairs (after ``--`` when they follow ``--variants``) override every
 head variant's config.
@@ -80,6 +82,13 @@ def _add_models_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
 
 
+def _add_seeds_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("seeds")
+    g.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed")
+    g.add_argument("--threads", type=int, default=2, help="torch threads of every run")
+    g.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluators", [_add_evaluator_args]),
         ("models", [_add_models_args]),
         ("all", [_add_evaluator_args, _add_heads_args]),
+        ("seeds", [_add_seeds_args]),
     ):
         p = sub.add_parser(name)
         p.add_argument("--output", required=True, help="results folder")
@@ -135,9 +145,9 @@ def run_evaluators(args, output: str):
 
 def run_models(args, output: str):
     from benchmarks.models import format_models_table, run_models_benchmark
-    from benchmarks.semantic_heads import _register_data
+    from benchmarks.semantic_heads import register_data
 
-    prefix = "synthetic" if args.data_root is None else _register_data(args.data_root)
+    prefix = "synthetic" if args.data_root is None else register_data(args.data_root)
     result = run_models_benchmark(
         args.variants,
         repeats=args.repeats,
@@ -160,6 +170,20 @@ def run_models(args, output: str):
     return result
 
 
+def run_seeds(args, output: str):
+    from benchmarks.seeds import format_seeds_table, run_seeds, summarize_seeds
+
+    runs = run_seeds(output, args.seeds, threads=args.threads, opts=args.opts)
+    summary = summarize_seeds(runs)
+    table = format_seeds_table(runs, summary)
+    print(table)
+    with open(os.path.join(output, "seeds_benchmark.json"), "w") as f:
+        json.dump({"runs": runs, "summary": summary}, f, indent=2, default=float)
+    with open(os.path.join(output, "seeds_benchmark.md"), "w") as f:
+        f.write(table + "\n")
+    return runs
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List:
     args = build_parser().parse_args(argv)
     if getattr(args, "opts", None) and args.opts[0] == "--":
@@ -176,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List:
             return run_evaluators(args, args.output)
         if args.command == "models":
             return run_models(args, args.output)
+        if args.command == "seeds":
+            return run_seeds(args, args.output)
         return run_evaluators(args, os.path.join(args.output, "evaluators")) + run_heads(
             args, os.path.join(args.output, "heads")
         )

@@ -125,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     set_debug(args.debug)
     results = evaluate(args)
     if args.command == "panoptic":
-        from seg2.evaluation.pq_summary import format_pq_table
+        from seg2.evaluation.pq_files import format_pq_table
 
         print(format_pq_table(results["panoptic_seg"]))
     else:

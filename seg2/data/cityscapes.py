@@ -8,16 +8,17 @@ Layout (``root`` = ``$DETECTRON2_DATASETS/cityscapes`` or ``DATASETS.SEG2.CITYSC
     root/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_{labelIds,instanceIds,polygons}...
     root/gtFine/cityscapes_panoptic_{train,val}{.json,/}   (generated when missing)
 """
+import contextlib
 import glob
+import io
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..io import InputError, read_label_png, write_png
-from ..utils.official import run_official
 
 __all__ = [
     "cityscapes_root",
@@ -26,9 +27,27 @@ __all__ = [
     "register_cityscapes",
     "ensure_train_id_labels",
     "ensure_panoptic_gt",
+    "run_official",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def run_official(fn: Callable, *args, source: str = "", **kwargs):
+    """Call an official evaluation or preparation function quietly.
+
+    cityscapesscripts print progress to stdout and report bad input with ``sys.exit``;
+    both are captured here, and an exit becomes :class:`~seg2.io.InputError` with the
+    script's message (which names the file), prefixed by ``source``.
+    """
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            return fn(*args, **kwargs)
+    except SystemExit:
+        errors = [line for line in out.getvalue().splitlines() if "ERROR" in line]
+        message = errors[-1].replace("ERROR: ", "") if errors else out.getvalue()[-500:]
+        raise InputError(f"{source}: {message}" if source else message) from None
 
 
 def cityscapes_root(cfg=None) -> str:

@@ -19,7 +19,6 @@ from .semantic import load_semantic, register_semantic
 from .validate import configure_validation, validate_datasets
 
 __all__ = [
-    "DatasetFormatError",
     "load_json",
     "load_coco_instances",
     "load_coco_panoptic",
@@ -31,9 +30,6 @@ __all__ = [
     "register_from_config",
     "validate_datasets",
 ]
-
-# One input-error type for the whole package (seg2.io.InputError); the old name stays.
-DatasetFormatError = InputError
 
 
 def load_json(path: str) -> Dict:

@@ -37,10 +37,10 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from scipy import ndimage
 
-from ..io import write_json, write_png
+from ..io import InputError, write_json, write_png
 from ..structures.instances import separation_lines, touching_instances  # noqa: F401
 from ..structures.panoptic import id2rgb
-from .datasets import DatasetFormatError, load_coco_panoptic
+from .datasets import load_coco_panoptic
 from .synthetic.meta import IGNORE_LABEL
 
 __all__ = [
@@ -105,7 +105,7 @@ def read_stardist_nuclei() -> Tuple[np.ndarray, np.ndarray]:
     img_path, mask_path = stardist_nuclei_files()
     image, mask = tifffile.imread(img_path), tifffile.imread(mask_path)
     if image.ndim != 2 or mask.shape != image.shape:
-        raise DatasetFormatError(
+        raise InputError(
             f"{img_path}, {mask_path}: expected one 2D image and a mask of the same shape, "
             f"got {image.shape} and {mask.shape}"
         )
@@ -227,7 +227,7 @@ def prepare_nuclei(cache_dir: Optional[str] = None, separate_touching: bool = Tr
         os.makedirs(d, exist_ok=True)
     image, mask = read_stardist_nuclei()
     if image.shape[0] < max(stop for _, stop in NUCLEI_SPLITS.values()):
-        raise DatasetFormatError(f"{sources[0]}: expected 512 rows, got shape {image.shape}")
+        raise InputError(f"{sources[0]}: expected 512 rows, got shape {image.shape}")
     gray = _to_uint8(image)
     for image_id, (split, (start, stop)) in enumerate(NUCLEI_SPLITS.items(), start=1):
         p = paths[split]

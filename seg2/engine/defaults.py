@@ -12,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
-from ..config_check import check_config, merge_config_file, merge_config_list
+from .config_check import check_config, merge_config_file, merge_config_list
 from ..data.datasets import register_from_config, validate_datasets
 from ..io import write_json
 
@@ -43,7 +43,7 @@ _HEADLINE = {
 def load_cfg(args) -> CfgNode:
     """Config from ``--config-file`` plus trailing ``KEY VALUE`` overrides, with seg2's
     defaults and user datasets (``DATASETS.SEG2.*``) registered, checked
-    (:mod:`seg2.config_check`: a problem raises ``ConfigError`` before anything is built);
+    (:mod:`seg2.engine.config_check`: a problem raises ``ConfigError`` before anything is built);
     frozen. Writes nothing."""
     cfg = get_cfg()
     add_seg2_config(cfg)

@@ -154,8 +154,8 @@ class Seg2Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """Detectron2's SGD, without ``foreach`` off CUDA: Detectron2 turns it on everywhere,
-        but torch's CPU foreach ops still loop per tensor and cost more than the plain loop
-        (22 vs 12 ms per step of the demo model). The updates are the same, bit for bit."""
+        but torch's CPU foreach ops still loop per tensor and cost more than the plain loop.
+        The updates are the same."""
         optimizer = super().build_optimizer(cfg, model)
         if not str(cfg.MODEL.DEVICE).startswith("cuda"):
             for group in optimizer.param_groups:
@@ -172,7 +172,7 @@ class Seg2Trainer(DefaultTrainer):
         dataset = args["dataset"]
         world = comm.get_world_size()
         if args["total_batch_size"] % world:
-            from ..config_check import ConfigError
+            from .config_check import ConfigError
 
             raise ConfigError(
                 f"SOLVER.IMS_PER_BATCH = {args['total_batch_size']} is not divisible by the "

@@ -12,7 +12,6 @@ from .cityscapes_evaluators import (
 )
 from .coco import evaluate_coco_files
 from .coco_evaluator import Seg2COCOEvaluator
-from .offline import EvaluationInputError
 from .panoptic import Seg2PanopticEvaluator
 from .pq_files import pq_compute_files
 from .semantic import ConfusionMatrix, evaluate_semantic_folders, semantic_metrics
@@ -21,7 +20,6 @@ from .semantic_evaluator import Seg2SemSegEvaluator
 __all__ = [
     "build_evaluators",
     "ConfusionMatrix",
-    "EvaluationInputError",
     "InputError",
     "Seg2COCOEvaluator",
     "Seg2CityscapesInstanceEvaluator",

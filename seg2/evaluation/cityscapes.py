@@ -30,9 +30,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..data.cityscapes import ensure_panoptic_gt, require_dir
+from ..data.cityscapes import ensure_panoptic_gt, require_dir, run_official
 from ..io import InputError, open_image, read_json, read_label_png
-from ..utils.official import run_official
 from .offline import pair_error
 from .pq_files import pq_compute_files
 

@@ -23,9 +23,6 @@ import numpy as np
 
 from ..io import InputError, read_json
 
-# Kept as a name for callers of the old module.
-EvaluationInputError = InputError
-
 __all__ = [
     "default_backend",
     "load_coco_gt",
@@ -37,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("faster_coco_eval", "pycocotools")
 
 
@@ -120,50 +117,52 @@ def validate_coco_results(
         source: file name for the messages.
 
     Returns:
-        ``results``. Raises EvaluationInputError naming ``source``, the entry and the field.
+        ``results``. Raises InputError naming ``source``, the entry and the field.
     """
     if not isinstance(results, list):
-        raise EvaluationInputError(
+        raise InputError(
             f"{source}: COCO results must be a JSON list, got {type(results).__name__}"
         )
     images = {im["id"]: im for im in gt_dataset.get("images", [])}
     cat_ids = {c["id"] for c in gt_dataset.get("categories", [])}
     for i, r in enumerate(results):
         if not isinstance(r, dict):
-            raise EvaluationInputError(f"{source}: entry {i} is not an object")
+            raise InputError(f"{source}: entry {i} is not an object")
         for key in ("image_id", "category_id", "score"):
             if key not in r:
-                raise EvaluationInputError(f"{source}: entry {i} lacks field '{key}'")
+                raise InputError(f"{source}: entry {i} lacks field '{key}'")
         if r["image_id"] not in images:
-            raise EvaluationInputError(
-                f"{source}: entry {i} has image_id {r['image_id']!r}, not an image of the ground truth"
+            raise InputError(
+                f"{source}: entry {i} has image_id {r['image_id']!r}, "
+                "not an image of the ground truth"
             )
         if r["category_id"] not in cat_ids:
-            raise EvaluationInputError(
+            raise InputError(
                 f"{source}: entry {i} has category_id {r['category_id']!r}, not among the "
-                f"ground-truth category ids {sorted(cat_ids)} (results use the dataset's original ids)"
+                f"ground-truth category ids {sorted(cat_ids)} "
+                "(results use the dataset's original ids)"
             )
         if not isinstance(r["score"], (int, float)) or not np.isfinite(r["score"]):
-            raise EvaluationInputError(
+            raise InputError(
                 f"{source}: entry {i} has a non-numeric score {r['score']!r}"
             )
         if "bbox" in iou_types:
             box = r.get("bbox")
             if not (isinstance(box, (list, tuple)) and len(box) == 4):
-                raise EvaluationInputError(
+                raise InputError(
                     f"{source}: entry {i} lacks a 'bbox' [x, y, w, h] (needed for bbox AP; "
                     "evaluate only segm to skip it)"
                 )
         if "segm" in iou_types:
             seg = r.get("segmentation")
             if not (isinstance(seg, dict) and "size" in seg and "counts" in seg):
-                raise EvaluationInputError(
+                raise InputError(
                     f"{source}: entry {i} lacks an RLE 'segmentation' {{size, counts}} "
                     "(needed for segm AP; evaluate only bbox to skip it)"
                 )
             im = images[r["image_id"]]
             if list(seg["size"]) != [im["height"], im["width"]]:
-                raise EvaluationInputError(
+                raise InputError(
                     f"{source}: entry {i} segmentation size {list(seg['size'])} differs from "
                     f"image {r['image_id']} size [{im['height']}, {im['width']}] (height, width)"
                 )
@@ -182,10 +181,10 @@ def coco_summary(
         class_names: one per ground-truth category in ascending id order.
     """
     if coco_eval is None:
-        return {m: float("nan") for m in _METRICS}
+        return {m: float("nan") for m in COCO_METRICS}
     results = {
         m: float(coco_eval.stats[i] * 100 if coco_eval.stats[i] >= 0 else "nan")
-        for i, m in enumerate(_METRICS)
+        for i, m in enumerate(COCO_METRICS)
     }
     if class_names is None or len(class_names) <= 1:
         return results
@@ -271,7 +270,9 @@ def _note_missing_ground_truth(coco_gt, img_ids: Optional[Sequence[int]]) -> Non
             counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
     empty = [c for c, n in counts.items() if n == 0]
     if len(empty) == len(counts):
-        logger.warning("COCO evaluation: the ground truth has no (non-crowd) annotations; every AP is NaN")
+        logger.warning(
+            "COCO evaluation: the ground truth has no (non-crowd) annotations; every AP is NaN"
+        )
     elif empty:
         logger.warning(
             f"COCO evaluation: {len(empty)} of {len(counts)} categories have no ground truth "
@@ -306,26 +307,27 @@ def evaluate_coco_files(
     """Evaluate a COCO results file against a COCO instances file.
 
     Both files are validated first (unknown image or category ids, missing fields, mask
-    sizes), so bad input raises EvaluationInputError naming the file and the entry.
+    sizes), so bad input raises InputError naming the file and the entry.
 
     Returns:
         {"bbox": {...}, "segm": {...}} (the IoU types asked for), Detectron2's keys.
     """
     gt = read_json(gt_json, "COCO ground-truth")
     if not isinstance(gt, dict):
-        raise EvaluationInputError(f"{gt_json}: COCO ground truth must be a JSON object")
+        raise InputError(f"{gt_json}: COCO ground truth must be a JSON object")
     for key in ("images", "annotations", "categories"):
         if not isinstance(gt.get(key), list):
-            raise EvaluationInputError(f"{gt_json}: top-level field '{key}' missing or not a list")
+            raise InputError(f"{gt_json}: top-level field '{key}' missing or not a list")
     if not gt["images"]:
-        raise EvaluationInputError(f"{gt_json}: field 'images' is empty: nothing to evaluate")
+        raise InputError(f"{gt_json}: field 'images' is empty: nothing to evaluate")
     from ..data.check_instances import check_coco_instances_json
     from ..data.validate import ValidationReport
 
     report = ValidationReport(gt_json)
     check_coco_instances_json(gt, gt_json, report)
     if not report.ok:
-        raise EvaluationInputError(f"{report.format()}\n{len(report.problems)} problem(s) in the ground truth")
+        count = len(report.problems)
+        raise InputError(f"{report.format()}\n{count} problem(s) in the ground truth")
     for line in report.note_lines():
         logger.info(f"{gt_json}: {line}")
     results = validate_coco_results(

@@ -10,14 +10,13 @@ from detectron2.evaluation import DatasetEvaluator
 
 from ..io import InputError, atomic_open, read_json, write_json
 from ..structures.panoptic import invert_id_map
-from .gather import gather_on_main
-
 from .coco import (
-    _METRICS,
+    COCO_METRICS,
     default_backend,
     evaluate_coco_results,
     load_coco_gt,
 )
+from .gather import gather_on_main
 
 __all__ = ["Seg2COCOEvaluator"]
 
@@ -78,7 +77,10 @@ class Seg2COCOEvaluator(DatasetEvaluator):
             if "instances" in out:
                 inst = out["instances"].to("cpu")
                 self._predictions.append(
-                    {"image_id": inp["image_id"], "instances": instances_to_coco_json(inst, inp["image_id"])}
+                    {
+                        "image_id": inp["image_id"],
+                        "instances": instances_to_coco_json(inst, inp["image_id"]),
+                    }
                 )
 
     def _ground_truth(self):
@@ -87,7 +89,8 @@ class Seg2COCOEvaluator(DatasetEvaluator):
             if not json_file or not os.path.isfile(json_file):
                 from detectron2.data.datasets.coco import convert_to_coco_json
 
-                json_file = os.path.join(self._output_dir or ".", f"{self._dataset_name}_coco_format.json")
+                name = f"{self._dataset_name}_coco_format.json"
+                json_file = os.path.join(self._output_dir or ".", name)
                 convert_to_coco_json(self._dataset_name, json_file)
             self._coco_gt = load_coco_gt(read_json(json_file, "COCO ground-truth"), self._backend)
         return self._coco_gt
@@ -103,7 +106,8 @@ class Seg2COCOEvaluator(DatasetEvaluator):
             )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            with atomic_open(os.path.join(self._output_dir, "instances_predictions.pth"), "wb") as f:
+            path = os.path.join(self._output_dir, "instances_predictions.pth")
+            with atomic_open(path, "wb") as f:
                 torch.save(predictions, f)
 
         results = list(itertools.chain(*[p["instances"] for p in predictions]))
@@ -141,6 +145,6 @@ class Seg2COCOEvaluator(DatasetEvaluator):
         for task, res in per_task.items():
             logger.info(
                 f"Evaluation results for {task}: "
-                + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if k in _METRICS)
+                + ", ".join(f"{k}={v:.3f}" for k, v in res.items() if k in COCO_METRICS)
             )
         return per_task

@@ -1,7 +1,7 @@
 """Matching and checking predictions saved on disk, for evaluation without a model.
 
 Files are read through :mod:`seg2.io`; every check raises :class:`~seg2.io.InputError`
-(``EvaluationInputError`` is the same class) with a message that names the offending file
+with a message that names the offending file
 (and the field or id), so ``tools/evaluate.py`` can print one line instead of a traceback
 from deep inside numpy, pycocotools or cityscapesscripts.
 """
@@ -12,26 +12,17 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io import InputError, open_image, read_json, read_label_png, write_json
-from ..utils.official import run_official
+from ..io import InputError, open_image
 
 __all__ = [
-    "EvaluationInputError",
-    "read_json",
-    "read_label_png",
     "read_rgb_png",
     "list_pngs",
     "match_by_name",
     "check_label_values",
-    "run_official",
     "pair_error",
-    "write_json",
     "format_results",
 ]
 
-
-# One input-error type for the whole package; the old name stays importable.
-EvaluationInputError = InputError
 
 
 def read_rgb_png(path: str, what: str = "panoptic") -> np.ndarray:
@@ -62,7 +53,7 @@ def match_by_name(gt_dir: str, pred_dir: str) -> List[Tuple[str, str]]:
 
     Returns:
         list of (gt_path, pred_path); a ground truth without prediction raises
-        EvaluationInputError naming the ground-truth file and the expected prediction path.
+        InputError naming the ground-truth file and the expected prediction path.
     """
     gt_files = list_pngs(gt_dir, "ground-truth")
     if not os.path.isdir(pred_dir):

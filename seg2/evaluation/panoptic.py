@@ -24,8 +24,7 @@ from ..structures.panoptic import (
     segments_from_labels,
 )
 from .gather import gather_on_main
-from .pq_summary import format_pq_table
-from .pq_files import load_panoptic_json, panoptic_categories, pq_compute_files
+from .pq_files import format_pq_table, load_panoptic_json, panoptic_categories, pq_compute_files
 
 __all__ = ["Seg2PanopticEvaluator"]
 

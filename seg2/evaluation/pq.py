@@ -1,4 +1,4 @@
-"""Panoptic quality (Kirillov et al., "Panoptic Segmentation", CVPR 2019), our own implementation.
+"""Panoptic quality (Kirillov et al., "Panoptic Segmentation", CVPR 2019): seg2's PQ engine.
 
 ``panopticapi`` is not on PyPI, so seg2 scores PQ itself, following the reference rules:
 
@@ -11,42 +11,42 @@
   on crowd regions of its own category;
 * classes with no TP, FP or FN are left out of the means.
 
-The engine (:class:`PQBatch`) scores a batch of images: one pass over each image's pixels
-sums them into the image's overlaps (:mod:`seg2.evaluation.pq_overlaps`: compiled, or numpy
-passes where seg2 was installed without a C compiler), and the matching is vectorised over the
-whole batch (the segment lists are parsed and checked in :mod:`seg2.evaluation.pq_segments`).
-Its output (:class:`PQScores`) keeps every image's contribution in image order, so sums do not
-depend on how images are split into batches or processes.
-:func:`pq_compute_single` scores one image's id maps, :func:`pq_compute_words` the PNGs' 4-byte
-pixels as they are read (no id conversion), and
-:func:`seg2.evaluation.pq_files.pq_compute_files` the COCO panoptic format (PNG + JSON) with a
-worker pool over images. This is seg2's only PQ engine: ``Seg2PanopticEvaluator`` (COCO
-panoptic) and the Cityscapes panoptic scoring both call it. The accumulators become PQ/SQ/RQ
-figures and tables in :mod:`seg2.evaluation.pq_summary`.
+:class:`PQBatch` scores a batch of images: each image's *overlaps* (the pixels each
+(GT segment, predicted segment) pair shares) are counted in one pass over its pixels, and the
+*matches* are found for the whole batch at once. :class:`PQScores` keeps every image's
+contribution in image order, so the sums do not depend on how images are split into batches
+or processes. :func:`pq_results` turns the accumulators into PQ/SQ/RQ figures. The COCO
+panoptic files (PNG + JSON) are read and scored in :mod:`seg2.evaluation.pq_files`; both the
+COCO panoptic and the Cityscapes panoptic evaluators go through this engine.
 """
 
+import itertools
+import logging
+import operator
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io import WORD_HIGH, InputError
-from ..structures.panoptic import OFFSET
-from .pq_overlaps import OverlapCounter
-from .pq_segments import ImageSegments, Segments, raise_image_error
-
-# Kept as a name for callers that catch panoptic input errors specifically.
-PanopticInputError = InputError
+from ..io import InputError
+from ..structures.panoptic import OFFSET, VOID
 
 __all__ = [
-    "PanopticInputError",
     "PQStatCat",
     "PQStat",
-    "pq_compute_single",
-    "pq_compute_words",
-    "PQBatch",
     "PQScores",
+    "PQBatch",
+    "pq_compute_single",
+    "pq_average",
+    "pq_results",
+    "PQ_GROUPS",
 ]
+
+logger = logging.getLogger(__name__)
+
+# (image name for errors, GT segments, predicted segments)
+ImageSegments = Tuple[str, Sequence[Mapping], Sequence[Mapping]]
 
 
 @dataclass
@@ -119,52 +119,191 @@ def pq_compute_single(
         PQStat with tp, fp, fn and the IoU sum of matched pairs per category.
 
     Raises:
-        PanopticInputError: size mismatch; a segment id in the PNG but not the JSON or the
-            reverse; duplicate or reserved (0) segment ids; an unknown category id.
+        InputError: size mismatch; a segment id in the map but not the list or the reverse;
+            duplicate or reserved (0) segment ids; an unknown category id.
     """
     gt_ids = np.asarray(gt_ids)
     pred_ids = np.asarray(pred_ids)
-    _check_sizes(gt_ids, pred_ids, image_name)
     for ids, what in ((gt_ids, "ground-truth"), (pred_ids, "predicted")):
         if ids.size and (ids.min() < 0 or ids.max() >= OFFSET):
-            raise PanopticInputError(
+            raise InputError(
                 f"{image_name}: {what} segment ids must lie in [0, {OFFSET}), "
                 f"got [{ids.min()}, {ids.max()}]"
             )
-    # Ids that fit in 24 bits are words (with a high byte of 0).
-    return pq_compute_words(gt_ids, gt_segments, pred_ids, pred_segments, categories, image_name)
-
-
-def pq_compute_words(
-    gt_words: np.ndarray,
-    gt_segments: Sequence[Mapping],
-    pred_words: np.ndarray,
-    pred_segments: Sequence[Mapping],
-    categories: Mapping[int, Mapping],
-    image_name: str = "<image>",
-) -> PQStat:
-    """:func:`pq_compute_single` on (H, W) uint32 words whose low 24 bits are the ids, the
-    high byte being anything (as :func:`seg2.io.read_panoptic_words` returns them): no int64
-    conversion, and no range check, since 24-bit ids are always in range."""
     batch = PQBatch([(image_name, gt_segments, pred_segments)], categories)
-    batch.add(0, _as_words(gt_words), _as_words(pred_words))
+    batch.add(0, gt_ids, pred_ids)
     return batch.scores().to_stat()
 
 
-def _as_words(a) -> np.ndarray:
-    """C-contiguous uint32 words with the high byte PQBatch expects."""
-    return np.bitwise_or(np.asarray(a, dtype=np.uint32), np.uint32(WORD_HIGH), order="C")
+# ---- the segment lists
 
 
-def _check_sizes(gt_ids: np.ndarray, pred_ids: np.ndarray, image_name: str) -> None:
-    if gt_ids.shape != pred_ids.shape:
-        raise PanopticInputError(
-            f"{image_name}: prediction size {tuple(pred_ids.shape)} differs from ground truth "
-            f"size {tuple(gt_ids.shape)}"
-        )
+class Segments:
+    """The GT or predicted segments of a batch of images as flat arrays sorted by (image, id),
+    each image's void (id 0) first: ``start[k]`` is image k's void entry, ``count[k]`` its
+    number of segments. Checked for missing fields, duplicate or reserved ids, unknown
+    categories, and ids no 24-bit PNG can hold (in that order per image, as the error
+    messages of :func:`raise_image_error` give them)."""
+
+    def __init__(
+        self, images: Sequence[ImageSegments], is_gt: bool, categories: Mapping[int, Mapping]
+    ):
+        lists = [im[1] if is_gt else im[2] for im in images]
+        self.what = "ground-truth" if is_gt else "predicted"
+        parsed = _parse_segments(lists, is_gt, categories)
+        if parsed is None:  # odd types or an error: per image, with the error messages
+            parsed = self._parse_checked(lists, images, categories)
+        count, ids, category, crowd = parsed
+        n_img = len(images)
+        seg_image = np.repeat(np.arange(n_img), count)
+        bad = (ids < 1) | (ids >= OFFSET)
+        if bad.any():
+            name, gs, ps = images[int(seg_image[bad].min())]
+            raise_image_error(name, gs, ps, None, None, categories)
+        self.count = count
+        self.start = np.zeros(n_img, dtype=np.int64)
+        np.cumsum(count[:-1] + 1, out=self.start[1:])
+        keys = np.concatenate([np.arange(n_img) * OFFSET, seg_image * OFFSET + ids])
+        order = np.argsort(keys, kind="stable")
+        if (np.diff(keys[order]) == 0).any():  # a duplicate id: the per-image checks name it
+            self._parse_checked(lists, images, categories)
+        self.image = np.concatenate([np.arange(n_img), seg_image])[order]
+        self.ids = keys[order] - self.image * OFFSET
+        self.void = self.ids == VOID
+        self.category = np.concatenate([np.full(n_img, -1, np.int64), category])[order]
+        self.crowd = np.concatenate([np.ones(n_img, bool), crowd])[order]
+
+    def image_ids(self, k: int) -> np.ndarray:
+        """Image k's sorted segment ids, void (0) first."""
+        return self.ids[self.start[k] : self.start[k] + self.count[k] + 1]
+
+    def _parse_checked(self, lists, images, categories):
+        ids, category, crowd = [], [], []
+        for segs, im in zip(lists, images):
+            table = segment_table(segs, categories, im[0], self.what)
+            ids += table
+            category += (int(s["category_id"]) for s in table.values())
+            crowd += (bool(s.get("iscrowd", 0)) for s in table.values())
+        count = np.array([len(segs) for segs in lists], dtype=np.int64)
+        return count, np.array(ids, np.int64), np.array(category, np.int64), np.array(crowd, bool)
 
 
-_LOW24 = np.uint32(OFFSET - 1)
+_ID = operator.itemgetter("id")
+_CATEGORY = operator.itemgetter("category_id")
+_ISCROWD = operator.methodcaller("get", "iscrowd", 0)
+
+
+def _parse_segments(lists, is_gt, categories):
+    """(count per image, ids, categories, crowd flags) of well-formed lists, read without a
+    Python loop per segment; None when any segment needs the checked, per-image parse."""
+    flat = list(itertools.chain.from_iterable(lists))
+    n = len(flat)
+    try:
+        ids = np.fromiter(map(_ID, flat), np.int64, n)
+        category = np.fromiter(map(_CATEGORY, flat), np.int64, n)
+        crowd = np.fromiter(map(_ISCROWD, flat), bool, n) if is_gt else np.zeros(n, bool)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    known = np.array(sorted(categories), dtype=np.int64)
+    if n and not len(known):
+        return None
+    found = known.searchsorted(category)
+    np.minimum(found, len(known) - 1, out=found)
+    if (ids == VOID).any() or (known[found] != category).any():
+        return None
+    return np.fromiter(map(len, lists), np.int64, len(lists)), ids, category, crowd
+
+
+def segment_table(
+    segments: Sequence[Mapping], categories: Mapping[int, Mapping], image_name: str, what: str
+) -> Dict[int, Mapping]:
+    """id -> segment, refusing duplicate ids, the reserved void id and unknown categories."""
+    table: Dict[int, Mapping] = {}
+    for seg in segments:
+        for key in ("id", "category_id"):
+            if key not in seg:
+                raise InputError(f"{image_name}: a {what} segment lacks field '{key}': {seg}")
+        sid = int(seg["id"])
+        if sid == VOID:
+            raise InputError(
+                f"{image_name}: {what} segment id 0 is reserved for void (unlabeled pixels)"
+            )
+        if sid in table:
+            raise InputError(f"{image_name}: {what} segment id {sid} appears twice in the JSON")
+        if seg["category_id"] not in categories:
+            raise InputError(
+                f"{image_name}: {what} segment {sid} has unknown category_id {seg['category_id']} "
+                f"(known: {sorted(categories)})"
+            )
+        table[sid] = seg
+    return table
+
+
+def raise_image_error(name, gt_segments, pred_segments, gt_ids, pred_ids, categories) -> None:
+    """The first error of one image, with a message naming it, the side and the ids.
+    ``gt_ids``/``pred_ids``: the ids present in its maps, or None before they were read
+    (then only ids no 24-bit PNG can hold are known to be missing from it)."""
+    for segs, values, what in (
+        (gt_segments, gt_ids, "ground-truth"),
+        (pred_segments, pred_ids, "predicted"),
+    ):
+        keys = set(segment_table(segs, categories, name, what))
+        if values is None:
+            present = set()
+            not_in_png = sorted(k for k in keys if not 0 < k < OFFSET)
+        else:
+            present = set(np.unique(values).tolist()) - {VOID}
+            not_in_png = sorted(keys - present)
+        not_in_json = sorted(present - keys)
+        if not_in_json:
+            raise InputError(
+                f"{name}: {what} segment id(s) {not_in_json} are in the PNG but not in the JSON"
+            )
+        if not_in_png:
+            raise InputError(
+                f"{name}: {what} segment id(s) {not_in_png} are in the JSON but not in the PNG"
+            )
+    raise AssertionError(f"{name}: an error was detected but not found again")
+
+
+# ---- overlaps and matches
+
+
+def count_overlaps(
+    gt_ids: np.ndarray, pred_ids: np.ndarray, gt_table: np.ndarray, pred_table: np.ndarray
+) -> Tuple[np.ndarray, bool]:
+    """Pixels shared by every (GT segment, predicted segment) pair of one image.
+
+    Segments are spatially coherent, so along the raster the pixels come in few *runs* of
+    one (GT id, predicted id) pair: each run's ids are looked up in the image's sorted id
+    tables and its length added to that pair's overlap.
+
+    Args:
+        gt_ids, pred_ids: (H, W) segment id maps of one image.
+        gt_table, pred_table: the image's sorted segment ids, void (0) first.
+
+    Returns:
+        (len(gt_table) * len(pred_table),) overlaps, flat by (GT index, predicted index);
+        and whether every id in the maps is in its table.
+    """
+    g = gt_ids.reshape(-1)
+    p = pred_ids.reshape(-1)
+    n = g.size
+    change = np.ones(n + 1, dtype=bool)  # pixel i starts a run; the one past the end too
+    np.not_equal(g[1:], g[:-1], out=change[1:n])
+    change[1:n] |= p[1:] != p[:-1]
+    bounds = change.nonzero()[0]
+    starts = bounds[:-1]
+    gv, pv = g[starts], p[starts]
+    gi = np.minimum(gt_table.searchsorted(gv), len(gt_table) - 1)
+    pi = np.minimum(pred_table.searchsorted(pv), len(pred_table) - 1)
+    listed = bool((gt_table[gi] == gv).all() and (pred_table[pi] == pv).all())
+    overlaps = np.bincount(
+        gi * len(pred_table) + pi,
+        weights=bounds[1:] - starts,
+        minlength=len(gt_table) * len(pred_table),
+    )
+    return overlaps, listed
 
 
 @dataclass
@@ -172,7 +311,7 @@ class PQScores:
     """What images contribute to PQ, kept as arrays in image order: the category and IoU of
     every true positive, the category of every false positive and false negative.
     :meth:`to_stat` sums the IoUs in that order, so any split of the images into batches,
-    chunks or worker processes gives bit-identical sums."""
+    chunks or worker processes gives the same sums."""
 
     tp_cat: np.ndarray
     tp_iou: np.ndarray
@@ -204,10 +343,9 @@ class PQScores:
 
 class PQBatch:
     """Scores a batch of images in three steps: the segment lists of all of them are parsed
-    and checked together; each image's pixels are reduced to its overlaps as soon as they are
-    read (:meth:`add`); :meth:`scores` matches the whole batch at once. Per image there is one
-    pass over the pixels and a few numpy calls on small arrays, so numpy's per-call cost is
-    not paid for every segment and every pair.
+    and checked together; each image's overlaps are counted as soon as its maps are read
+    (:meth:`add`); :meth:`scores` finds the matches of the whole batch at once, so numpy's
+    per-call cost is paid per batch, not per segment.
 
     Args:
         images: (name for errors, GT segments, predicted segments) of each image, segments
@@ -220,94 +358,172 @@ class PQBatch:
         self.categories = categories
         self.gt = Segments(self.images, True, categories)
         self.pred = Segments(self.images, False, categories)
-        self._ncols = 2 * self.pred.count + 3  # per image: the width of its overlap table
-        self._tables = list(
-            zip(self._split(self.gt), self._split(self.pred), self._ncols.tolist())
-        )
         n = len(self.images)
-        self._cells: List = [None] * n
-        self._areas: List = [None] * n
-        self._ids: List = [None] * n  # run ids of the images with ids no JSON lists (errors)
-        self._counter = OverlapCounter()
+        self._pairs: List[Optional[np.ndarray]] = [None] * n  # flat (GT, pred) index pairs
+        self._areas: List[Optional[np.ndarray]] = [None] * n  # their overlaps, in pixels
+        self._present: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * n
 
-    @staticmethod
-    def _split(segs: Segments) -> List[np.ndarray]:
-        """Each image's search table: ``[id - 1, id]`` for its void and sorted JSON ids, as
-        words (0xFF in the high byte, as the maps have it: no mask over the pixels). Searching
-        a run's word (left side) gives 2i+1 for the image's i-th entry and an even rank for an
-        id it does not list."""
-        ids = segs.ids + WORD_HIGH
-        table = np.empty(2 * len(ids), dtype=np.uint32)
-        table[0::2] = ids - 1
-        table[1::2] = ids
-        ends = (2 * (segs.start + segs.count + 1)).tolist()
-        return [table[a:b] for a, b in zip([0] + ends, ends)]
-
-    def add(self, k: int, gt_words: np.ndarray, pred_words: np.ndarray) -> None:
-        """Image ``k``'s overlaps from its id maps: (H, W) C-contiguous uint32 words, the ids
-        in the low 24 bits and 0xFF in the high byte (:func:`seg2.io.read_panoptic_words`)."""
-        if gt_words.shape != pred_words.shape:
-            _check_sizes(gt_words, pred_words, self.images[k][0])
-        gt_tab, pred_tab, width = self._tables[k]
-        counts, self._ids[k] = self._counter.count(gt_words, pred_words, gt_tab, pred_tab, width)
-        cells = counts.nonzero()[0]
-        self._cells[k] = cells
-        self._areas[k] = counts[cells]
+    def add(self, k: int, gt_ids: np.ndarray, pred_ids: np.ndarray) -> None:
+        """Image ``k``'s overlaps from its (H, W) GT and predicted segment id maps."""
+        name = self.images[k][0]
+        if gt_ids.shape != pred_ids.shape:
+            raise InputError(
+                f"{name}: prediction size {tuple(pred_ids.shape)} differs from ground truth "
+                f"size {tuple(gt_ids.shape)}"
+            )
+        overlaps, listed = count_overlaps(
+            gt_ids, pred_ids, self.gt.image_ids(k), self.pred.image_ids(k)
+        )
+        if not listed:  # an id in the maps that the JSON does not list
+            gt_segments, pred_segments = self.images[k][1:]
+            raise_image_error(name, gt_segments, pred_segments, gt_ids, pred_ids, self.categories)
+        pairs = overlaps.nonzero()[0]
+        self._pairs[k] = pairs
+        self._areas[k] = overlaps[pairs]
 
     def scores(self) -> PQScores:
         """PQ contributions of the batch; every image must have been added. Raises
-        :class:`PanopticInputError` for the first image whose PNG and JSON disagree."""
+        :class:`InputError` for the first image whose maps lack a segment its JSON lists."""
         gt, pred = self.gt, self.pred
         n_img = len(self.images)
-        if any(c is None for c in self._cells):
+        if any(c is None for c in self._pairs):
             raise ValueError("PQBatch.scores: not every image was added")
         if n_img == 0:
             return PQScores.concatenate([])
         # The overlaps of the batch, in (image, GT id, pred id) order, as panopticapi's pairs.
-        img = np.repeat(np.arange(n_img), [len(c) for c in self._cells])
-        row, col = np.divmod(np.concatenate(self._cells), self._ncols[img])
-        unknown = (row & col & 1) == 0
-        if unknown.any():  # ids the JSON lacks
-            self._raise(int(img[unknown].min()))
-        gi = gt.start[img] + (row >> 1)
-        pj = pred.start[img] + (col >> 1)
+        image = np.repeat(np.arange(n_img), [len(c) for c in self._pairs])
+        gt_index, pred_index = np.divmod(np.concatenate(self._pairs), pred.count[image] + 1)
+        g = gt.start[image] + gt_index  # flat GT segment of each overlap
+        p = pred.start[image] + pred_index
         area = np.concatenate(self._areas)
 
-        gt_area = np.bincount(gi, weights=area, minlength=len(gt.cat))
-        pred_area = np.bincount(pj, weights=area, minlength=len(pred.cat))
+        gt_area = np.bincount(g, weights=area, minlength=len(gt.category))
+        pred_area = np.bincount(p, weights=area, minlength=len(pred.category))
         missing = (gt_area == 0) & ~gt.void
         missing_pred = (pred_area == 0) & ~pred.void
-        if missing.any() or missing_pred.any():  # ids the PNG lacks
-            first = gt.img[missing].min(initial=n_img), pred.img[missing_pred].min(initial=n_img)
-            self._raise(int(min(first)))
+        if missing.any() or missing_pred.any():  # ids the maps lack
+            first = min(gt.image[missing].min(initial=n_img), pred.image[missing_pred].min(initial=n_img))
+            self._raise(int(first))
 
-        g_void = gt.void[gi]
-        p_void = pred.void[pj]
-        on_void = g_void & ~p_void
-        pred_void = np.bincount(pj[on_void], weights=area[on_void], minlength=len(pred.cat))
-        same = ~g_void & ~p_void
-        same &= gt.cat[gi] == pred.cat[pj]
-        crowd = same & gt.crowd[gi]
-        pred_crowd = np.bincount(pj[crowd], weights=area[crowd], minlength=len(pred.cat))
-        same &= ~gt.crowd[gi]
-        ci, cj, inter = gi[same], pj[same], area[same]
-        iou = inter / np.maximum(gt_area[ci] + pred_area[cj] - inter - pred_void[cj], 1)
+        on_void = gt.void[g] & ~pred.void[p]
+        pred_on_void = np.bincount(p[on_void], weights=area[on_void], minlength=len(pred.category))
+        same = ~gt.void[g] & ~pred.void[p] & (gt.category[g] == pred.category[p])
+        on_crowd = same & gt.crowd[g]
+        pred_on_crowd = np.bincount(
+            p[on_crowd], weights=area[on_crowd], minlength=len(pred.category)
+        )
+        same &= ~gt.crowd[g]
+        cg, cp, inter = g[same], p[same], area[same]
+        iou = inter / np.maximum(gt_area[cg] + pred_area[cp] - inter - pred_on_void[cp], 1)
         match = iou > 0.5  # unique: IoU > 0.5 with two segments would need more than 100%
         gt_matched = gt.void | gt.crowd
-        gt_matched[ci[match]] = True
+        gt_matched[cg[match]] = True
         pred_matched = pred.void.copy()
-        pred_matched[cj[match]] = True
+        pred_matched[cp[match]] = True
         # An unmatched prediction mostly on void or on crowd of its category is ignored.
         fp = ~pred_matched
-        fp[fp] = (pred_void[fp] + pred_crowd[fp]) / pred_area[fp] <= 0.5
-        return PQScores(gt.cat[ci[match]], iou[match], pred.cat[fp], gt.cat[~gt_matched])
+        fp[fp] = (pred_on_void[fp] + pred_on_crowd[fp]) / pred_area[fp] <= 0.5
+        return PQScores(
+            gt.category[cg[match]], iou[match], pred.category[fp], gt.category[~gt_matched]
+        )
 
     def _raise(self, k: int) -> None:
         name, gt_segments, pred_segments = self.images[k]
-        ids = self._ids[k]
-        if ids is None:  # every id in the PNGs is listed: they are those of the image's cells
-            gt_tab, pred_tab, width = self._tables[k]
-            rows, cols = np.divmod(self._cells[k], width)
-            ids = gt_tab[rows], pred_tab[cols]
-        gt_ids, pred_ids = (v & _LOW24 for v in ids)
-        raise_image_error(name, gt_segments, pred_segments, gt_ids, pred_ids, self.categories)
+        gt_table, pred_table = self.gt.image_ids(k), self.pred.image_ids(k)
+        gt_index, pred_index = np.divmod(self._pairs[k], len(pred_table))
+        present = gt_table[gt_index], pred_table[pred_index]
+        raise_image_error(name, gt_segments, pred_segments, *present, self.categories)
+
+
+# ---- figures
+
+
+# (table row, isthing filter, result-key suffix)
+PQ_GROUPS = (("All", None, ""), ("Things", True, "_th"), ("Stuff", False, "_st"))
+
+
+def pq_average(
+    stat: PQStat, categories: Mapping[int, Mapping], isthing: Optional[bool] = None
+) -> Tuple[Dict[str, float], Dict[int, Dict[str, float]]]:
+    """Mean PQ, SQ, RQ (fractions) over the categories that have any TP, FP or FN.
+
+    PQ_c = sum IoU / (TP + FP/2 + FN/2), SQ_c = sum IoU / TP (0 without TP),
+    RQ_c = TP / (TP + FP/2 + FN/2).
+
+    Args:
+        stat: accumulators of the whole dataset.
+        categories: category id -> dict with ``isthing``.
+        isthing: True / False restricts to things / stuff; None takes all.
+
+    Returns:
+        ``{"pq", "sq", "rq", "n"}`` (means are NaN when n == 0) and, per category id taken
+        into the mean, ``{"pq", "sq", "rq"}``.
+    """
+    per_class: Dict[int, Dict[str, float]] = {}
+    for cat, info in categories.items():
+        if isthing is not None and bool(info.get("isthing", 0)) != isthing:
+            continue
+        s = stat.pq_per_cat.get(cat, PQStatCat())
+        if s.tp + s.fp + s.fn == 0:
+            continue
+        denom = s.tp + 0.5 * s.fp + 0.5 * s.fn
+        per_class[cat] = {
+            "pq": s.iou / denom,
+            "sq": s.iou / s.tp if s.tp else 0.0,
+            "rq": s.tp / denom,
+        }
+    n = len(per_class)
+    mean = {
+        k: (sum(r[k] for r in per_class.values()) / n if n else float("nan"))
+        for k in ("pq", "sq", "rq")
+    }
+    mean["n"] = n
+    return mean, per_class
+
+
+def _note_missing_ground_truth(stat: PQStat, categories: Mapping[int, Mapping]) -> None:
+    """Say which categories have no ground-truth segment: their PQ is NaN without
+    predictions, 0 with (false positives only), never silently."""
+    gt_segments = {c: s.tp + s.fn for c, s in stat.pq_per_cat.items()}
+    empty = [c for c in categories if not gt_segments.get(c)]
+    if len(empty) == len(categories):
+        logger.warning(
+            "PQ: the ground truth has no segment of any category; "
+            "PQ is NaN (0 for categories with predictions)"
+        )
+    elif empty:
+        logger.warning(
+            f"PQ: {len(empty)} of {len(categories)} categories have no ground-truth segment "
+            f"(ids {sorted(empty)[:10]}): NaN without predictions, 0 with false positives only"
+        )
+
+
+def pq_results(stat: PQStat, categories: Mapping[int, Mapping]) -> Dict[str, float]:
+    """Detectron2's panoptic keys, in percent.
+
+    Args:
+        stat: accumulators of the whole dataset.
+        categories: category id -> dict with ``isthing`` and ``name``.
+
+    Returns:
+        ``PQ, SQ, RQ`` (all classes), ``PQ_th, SQ_th, RQ_th`` (things), ``PQ_st, SQ_st,
+        RQ_st`` (stuff), and ``PQ-<name>, SQ-<name>, RQ-<name>`` per class. A figure over no
+        class (e.g. things of a stuff-only dataset, or a class absent from both GT and
+        predictions) is NaN, as Detectron2 reports absent classes.
+    """
+    _note_missing_ground_truth(stat, categories)
+    res: Dict[str, float] = OrderedDict()
+    per_class: Dict[int, Dict[str, float]] = {}
+    for _, isthing, suffix in PQ_GROUPS:
+        mean, pc = pq_average(stat, categories, isthing)
+        for k in ("pq", "sq", "rq"):
+            res[k.upper() + suffix] = 100 * mean[k]
+        if isthing is None:
+            per_class = pc
+    for cat, info in categories.items():
+        name = info.get("name", str(cat))
+        for k in ("pq", "sq", "rq"):
+            res[f"{k.upper()}-{name}"] = (
+                100 * per_class[cat][k] if cat in per_class else float("nan")
+            )
+    return res

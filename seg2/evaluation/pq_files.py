@@ -1,7 +1,7 @@
 """PQ of COCO panoptic files (PNG + JSON), ground truth against predictions: reading and
-checking the files, then scoring them by batches of images
-(:class:`seg2.evaluation.pq.PQBatch`) with a worker pool over images (results bit-identical
-for any worker count)."""
+checking the files, scoring them by batches of images (:class:`seg2.evaluation.pq.PQBatch`)
+with a worker pool over images (the same figures for any worker count), and the summary
+tables Detectron2 logs."""
 import logging
 import math
 import multiprocessing
@@ -12,12 +12,12 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..io import InputError, read_json, read_panoptic_words
-from .pq import PQBatch, PQScores
-from .pq_overlaps import pq_engine
-from .pq_summary import pq_results
+from tabulate import tabulate
 
-__all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files"]
+from ..io import InputError, read_json, read_panoptic_png
+from .pq import PQ_GROUPS, PQBatch, PQScores, pq_results
+
+__all__ = ["load_panoptic_json", "panoptic_categories", "pq_compute_files", "format_pq_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,9 @@ def load_panoptic_json(path: str, what: str) -> Dict:
     return data
 
 
-def _read_ids(path: str, image_name: str, out: Optional[np.ndarray]) -> np.ndarray:
+def _read_ids(path: str, image_name: str) -> np.ndarray:
     try:
-        return read_panoptic_words(path, out=out)
+        return read_panoptic_png(path)
     except InputError as e:
         raise InputError(f"{image_name}: {e}") from None
 
@@ -48,15 +48,11 @@ _BATCH_IMAGES = 256
 
 def _compute_chunk(tasks: List[_Task], categories: Mapping[int, Mapping]) -> PQScores:
     scores = []
-    gt_ids = pred_ids = None
     for b in range(0, len(tasks), _BATCH_IMAGES):
         part = tasks[b : b + _BATCH_IMAGES]
         batch = PQBatch([(t[0], t[2], t[4]) for t in part], categories)
         for k, (image_name, gt_png, _, pred_png, _) in enumerate(part):
-            # Decoded into the previous image's arrays when sizes agree (no fresh memory).
-            gt_ids = _read_ids(gt_png, image_name, gt_ids)
-            pred_ids = _read_ids(pred_png, image_name, pred_ids)
-            batch.add(k, gt_ids, pred_ids)
+            batch.add(k, _read_ids(gt_png, image_name), _read_ids(pred_png, image_name))
         scores.append(batch.scores())
     return PQScores.concatenate(scores)
 
@@ -102,7 +98,7 @@ def pq_compute_files(
     Raises:
         InputError: naming the file, the image and the segment, for a GT image
             without prediction, a malformed JSON, a missing or non-RGB PNG, or any error of
-            :func:`pq_compute_single`.
+            :func:`seg2.evaluation.pq.pq_compute_single`.
     """
     gt = load_panoptic_json(gt_json, "ground-truth")
     pred = load_panoptic_json(pred_json, "prediction")
@@ -175,8 +171,41 @@ def pq_compute_files(
             )
     # Summed in image order, so the float sums are bit-identical for any num_workers.
     stat = scores.to_stat()
-    logger.info(
-        f"PQ computed over {len(tasks)} images with {num_workers} worker(s), "
-        f"overlaps by {pq_engine()}"
-    )
+    logger.info(f"PQ computed over {len(tasks)} images with {num_workers} worker(s)")
     return pq_results(stat, categories)
+
+
+def format_pq_table(
+    results: Mapping[str, float], categories: Optional[Mapping[int, Mapping]] = None
+) -> str:
+    """The summary (All / Things / Stuff) and per-class tables, as Detectron2 logs them.
+
+    Args:
+        results: output of :func:`pq_results` / :func:`pq_compute_files`.
+        categories: category id -> dict with ``isthing`` and ``name``; when given, the summary
+            gets Detectron2's ``#categories`` column (classes taken into each mean).
+
+    Returns:
+        Two tables in Markdown "pipe" format.
+    """
+    headers = ["", "PQ", "SQ", "RQ"] + (["#categories"] if categories is not None else [])
+    rows = []
+    for name, isthing, suffix in PQ_GROUPS:
+        row = [name] + [results.get(k + suffix, float("nan")) for k in ("PQ", "SQ", "RQ")]
+        if categories is not None:
+            row.append(
+                sum(
+                    1
+                    for c in categories.values()
+                    if (isthing is None or bool(c.get("isthing", 0)) == isthing)
+                    and not math.isnan(results.get(f"PQ-{c.get('name')}", float("nan")))
+                )
+            )
+        rows.append(row)
+    fmt = dict(tablefmt="pipe", floatfmt=".3f", stralign="center", numalign="center")
+    table = tabulate(rows, headers=headers, **fmt)
+    names = [k[3:] for k in results if k.startswith("PQ-")]
+    if names:
+        per_class = [[n] + [results[f"{k}-{n}"] for k in ("PQ", "SQ", "RQ")] for n in names]
+        table += "\n\n" + tabulate(per_class, headers=["category", "PQ", "SQ", "RQ"], **fmt)
+    return table

@@ -21,13 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .offline import (
-    EvaluationInputError,
-    check_label_values,
-    match_by_name,
-    pair_error,
-    read_label_png,
-)
+from ..io import InputError, read_label_png
+from .offline import check_label_values, match_by_name, pair_error
 
 __all__ = [
     "ConfusionMatrix",
@@ -45,8 +40,8 @@ def argmax_channels(scores: torch.Tensor, dtype: torch.dtype = torch.int64) -> t
     """``scores.argmax(dim=0)`` as ``dtype``: the same answer (the first maximum on ties) for
     finite scores; a NaN score never wins here, whereas torch's argmax picks it.
 
-    On CPU a running maximum over the K channels is 3-5x faster than torch's strided
-    argmax reduction, which dominated evaluation time; on GPU torch's kernel is used.
+    On CPU a running maximum over the K channels is faster than torch's strided argmax
+    reduction; on GPU torch's kernel is used.
 
     Args:
         scores: (K, H, W) scores.
@@ -102,7 +97,7 @@ class ConfusionMatrix:
                 check_label_values(labels, self.num_classes, self.ignore_label, path, what)
             return idx
         if labels.dtype.kind not in "iub":
-            raise EvaluationInputError(
+            raise InputError(
                 f"{path}: {what} must hold integer class ids, got {labels.dtype}"
             )
         check_label_values(labels, self.num_classes, self.ignore_label, path, what)
@@ -166,14 +161,17 @@ def semantic_metrics(conf: np.ndarray, class_names: Sequence[str]) -> "OrderedDi
     conf = np.asarray(conf)
     if conf.shape not in ((k, k), (k + 1, k + 1)):
         raise ValueError(
-            f"semantic_metrics: conf has shape {conf.shape}, expected ({k}, {k}) or ({k + 1}, {k + 1})"
+            f"semantic_metrics: conf has shape {conf.shape}, "
+            f"expected ({k}, {k}) or ({k + 1}, {k + 1})"
         )
     # The same operations in the same order as Detectron2's SemSegEvaluator.evaluate (whose
     # matrix is the transpose), so the shared figures are bit-identical.
     tp = conf.diagonal()[:k].astype(float)
     pos_gt = np.sum(conf[:k, :], axis=1).astype(float)
     if not pos_gt.any():
-        logger.warning("semantic metrics: the ground truth has no labelled pixel; every figure is NaN")
+        logger.warning(
+            "semantic metrics: the ground truth has no labelled pixel; every figure is NaN"
+        )
     elif not pos_gt.all():
         absent = [class_names[i] for i in np.flatnonzero(pos_gt == 0)]
         logger.warning(
@@ -294,7 +292,9 @@ def save_confusion_png(conf: np.ndarray, class_names: Sequence[str], path: str) 
     return path
 
 
-def _write_outputs(conf: np.ndarray, class_names: Sequence[str], output_dir: Optional[str]) -> None:
+def write_semantic_outputs(
+    conf: np.ndarray, class_names: Sequence[str], output_dir: Optional[str]
+) -> None:
     if output_dir:
         save_confusion_csv(conf, class_names, os.path.join(output_dir, "sem_seg_confusion.csv"))
         save_confusion_png(conf, class_names, os.path.join(output_dir, "sem_seg_confusion.png"))
@@ -323,7 +323,7 @@ def evaluate_semantic_folders(
     """
     names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
-        raise EvaluationInputError(
+        raise InputError(
             f"--class-names: {len(names)} names given for --num-classes {num_classes}"
         )
     conf = ConfusionMatrix(num_classes, ignore_label)
@@ -331,5 +331,5 @@ def evaluate_semantic_folders(
         gt = read_label_png(gt_path, "ground-truth label")
         pred = read_label_png(pred_path, "predicted label")
         conf.update(pred, gt, gt_path, pred_path)
-    _write_outputs(conf.matrix, names, output_dir)
+    write_semantic_outputs(conf.matrix, names, output_dir)
     return OrderedDict(sem_seg=semantic_metrics(conf.matrix, names))

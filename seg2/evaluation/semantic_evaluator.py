@@ -11,13 +11,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
-from .offline import read_label_png
-
+from ..io import read_label_png
 from .semantic import (
     ConfusionMatrix,
-    _write_outputs,
     argmax_channels,
     semantic_metrics,
+    write_semantic_outputs,
 )
 
 __all__ = ["Seg2SemSegEvaluator"]
@@ -101,7 +100,8 @@ class Seg2SemSegEvaluator(DatasetEvaluator):
             gt_path = self._gt_files.get(inp["file_name"])
             if gt_path is None:
                 raise KeyError(
-                    f"Seg2SemSegEvaluator: {inp['file_name']} is not in dataset '{self._dataset_name}'"
+                    f"Seg2SemSegEvaluator: {inp['file_name']} is not in dataset "
+                    f"'{self._dataset_name}'"
                 )
             gt = read_label_png(gt_path, "ground-truth label")
             self._conf.update(
@@ -117,9 +117,10 @@ class Seg2SemSegEvaluator(DatasetEvaluator):
             if not is_main_process():
                 return None
             conf = np.sum(matrices, axis=0)
-        _write_outputs(conf, self._class_names, self._output_dir)
+        write_semantic_outputs(conf, self._class_names, self._output_dir)
         results = OrderedDict(sem_seg=semantic_metrics(conf, self._class_names))
         logger.info(
-            f"Semantic segmentation metrics of {self._dataset_name}: mIoU={results['sem_seg']['mIoU']:.2f}"
+            f"Semantic segmentation metrics of {self._dataset_name}: "
+            f"mIoU={results['sem_seg']['mIoU']:.2f}"
         )
         return results

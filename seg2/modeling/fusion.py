@@ -26,6 +26,7 @@ from detectron2.utils.registry import Registry
 __all__ = [
     "FUSION_REGISTRY",
     "build_fusion",
+    "BaseFusion",
     "HeuristicFusion",
     "ProbabilisticFusion",
 ]
@@ -157,24 +158,15 @@ def _stuff_candidates(
         candidates.append({"isthing": False, "category_id": int(sid)})
 
 
-@FUSION_REGISTRY.register()
-class HeuristicFusion:
+class BaseFusion:
     """
-    Panoptic FPN's greedy fusion (panopticapi's
-    ``combine_semantic_and_instance_predictions.py``), with thresholds from the config.
-
-    Rule:
-      1. Instances with ``score < instances_score_thresh`` are dropped; the rest are visited
-         by decreasing score. Soft masks are binarised at 0.5.
-      2. An instance whose fraction of already-claimed pixels exceeds ``overlap_thresh`` is
-         dropped; otherwise its unclaimed pixels become its segment.
-      3. Each still unclaimed pixel takes the semantic argmax over *all* classes. If that
-         argmax is a thing class the pixel stays void (Detectron2's behaviour: the semantic
-         branch saw an object the detector missed, and inventing stuff there would be a
-         false positive). Pixels of each stuff class form one segment, kept only if its area
-         is at least ``stuff_area_limit``; smaller ones become void.
+    What the fusions share: the thresholds every rule applies (an instance score floor, an
+    overlap limit, a smallest stuff segment) and how they are read from the config.
+    Subclasses implement ``__call__`` (see ``FUSION_REGISTRY.__doc__``) and extend
+    ``__init__``/``from_config`` with their own parameters.
     """
 
+    # Whether the meta-architecture passes mask probabilities instead of binary masks.
     uses_soft_masks = False
 
     @configurable
@@ -187,9 +179,9 @@ class HeuristicFusion:
     ):
         """
         Args:
-            instances_score_thresh: instances scoring below this are ignored.
-            overlap_thresh: largest fraction of an instance's mask that may already be
-                claimed by higher-scored instances before the instance is dropped.
+            instances_score_thresh: instances scoring below this are not candidates.
+            overlap_thresh: largest fraction of an instance's mask that may be lost to
+                other segments before the instance is dropped.
             stuff_area_limit: smallest stuff segment (pixels) kept; smaller ones are void.
         """
         self.instances_score_thresh = instances_score_thresh
@@ -203,6 +195,38 @@ class HeuristicFusion:
             "overlap_thresh": cfg.MODEL.SEG2.FUSION.OVERLAP_THRESH,
             "stuff_area_limit": cfg.MODEL.SEG2.FUSION.STUFF_AREA_LIMIT,
         }
+
+    def __call__(
+        self,
+        instances: Instances,
+        sem_seg_probs: torch.Tensor,
+        thing_ids: Sequence[int],
+        stuff_ids: Sequence[int],
+    ) -> Tuple[torch.Tensor, List[Dict]]:
+        """See ``FUSION_REGISTRY.__doc__`` for arguments and return values."""
+        raise NotImplementedError
+
+
+@FUSION_REGISTRY.register()
+class HeuristicFusion(BaseFusion):
+    """
+    Panoptic FPN's greedy fusion (panopticapi's
+    ``combine_semantic_and_instance_predictions.py``), with thresholds from the config
+    (``instances_score_thresh``: instances scoring below it are ignored; ``overlap_thresh``:
+    largest fraction of an instance's mask that may already be claimed by higher-scored
+    instances).
+
+    Rule:
+      1. Instances with ``score < instances_score_thresh`` are dropped; the rest are visited
+         by decreasing score. Soft masks are binarised at 0.5.
+      2. An instance whose fraction of already-claimed pixels exceeds ``overlap_thresh`` is
+         dropped; otherwise its unclaimed pixels become its segment.
+      3. Each still unclaimed pixel takes the semantic argmax over *all* classes. If that
+         argmax is a thing class the pixel stays void (Detectron2's behaviour: the semantic
+         branch saw an object the detector missed, and inventing stuff there would be a
+         false positive). Pixels of each stuff class form one segment, kept only if its area
+         is at least ``stuff_area_limit``; smaller ones become void.
+    """
 
     def __call__(
         self,
@@ -234,7 +258,7 @@ class HeuristicFusion:
             if claimed / area > self.overlap_thresh:
                 continue
             new = mask ^ overlap  # mask & ~taken
-            labels.masked_fill_(new, len(candidates))  # much faster than labels[new] = ...
+            labels.masked_fill_(new, len(candidates))  # not labels[new] =: slow on CPU
             taken |= new
             candidates.append(
                 {
@@ -245,13 +269,13 @@ class HeuristicFusion:
                 }
             )
 
-        semantic = sem_seg_probs.max(dim=0).indices  # = argmax(0), several times faster on CPU
+        semantic = sem_seg_probs.max(dim=0).indices  # = argmax(0), which is slower on CPU
         _stuff_candidates(labels, semantic, stuff_ids, self.stuff_area_limit, candidates)
         return _finalize(labels, candidates)
 
 
 @FUSION_REGISTRY.register()
-class ProbabilisticFusion:
+class ProbabilisticFusion(BaseFusion):
     """
     Fusion by pooling the detector's and the semantic branch's per-pixel class posteriors
     (a linear opinion pool), so the semantic probabilities arbitrate between overlapping
@@ -287,41 +311,32 @@ class ProbabilisticFusion:
 
     @configurable
     def __init__(
-        self,
-        *,
-        instances_score_thresh: float = 0.1,
-        overlap_thresh: float = 0.5,
-        stuff_area_limit: int = 64,
-        semantic_weight: float = 0.5,
+        self, *, instances_score_thresh: float = 0.1, semantic_weight: float = 0.5, **kwargs
     ):
         """
         Args:
             instances_score_thresh: instances scoring below this are not candidates. Lower
                 than the heuristic's because the pooling already discounts weak instances;
                 it mainly bounds the cost.
-            overlap_thresh: largest fraction of an instance's binary mask it may lose to
-                other segments before it is dropped.
-            stuff_area_limit: smallest stuff segment (pixels) kept; smaller ones are void.
             semantic_weight: weight w of the semantic posterior in the pool, in [0, 1].
+            kwargs: ``overlap_thresh`` (largest fraction of an instance's binary mask it may
+                lose to other segments before it is dropped) and ``stuff_area_limit``, see
+                :class:`BaseFusion`.
         """
         if not 0.0 <= semantic_weight <= 1.0:
             raise ValueError(
                 f"ProbabilisticFusion: MODEL.SEG2.FUSION.SEMANTIC_WEIGHT must be in [0, 1], "
                 f"got {semantic_weight}"
             )
-        self.instances_score_thresh = instances_score_thresh
-        self.overlap_thresh = overlap_thresh
-        self.stuff_area_limit = stuff_area_limit
+        super().__init__(instances_score_thresh=instances_score_thresh, **kwargs)
         self.semantic_weight = semantic_weight
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
-        return {
-            "instances_score_thresh": cfg.MODEL.SEG2.FUSION.PROB_SCORE_THRESH,
-            "overlap_thresh": cfg.MODEL.SEG2.FUSION.OVERLAP_THRESH,
-            "stuff_area_limit": cfg.MODEL.SEG2.FUSION.STUFF_AREA_LIMIT,
-            "semantic_weight": cfg.MODEL.SEG2.FUSION.SEMANTIC_WEIGHT,
-        }
+        ret = super().from_config(cfg)
+        ret["instances_score_thresh"] = cfg.MODEL.SEG2.FUSION.PROB_SCORE_THRESH
+        ret["semantic_weight"] = cfg.MODEL.SEG2.FUSION.SEMANTIC_WEIGHT
+        return ret
 
     def __call__(
         self,

@@ -7,18 +7,13 @@ Targets are (N, H, W) int64 labels over all classes (contiguous 0..K-1), with
 
 from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
 from torch.nn import functional as F
 
-from ..data.targets import unet_weight_map, unet_weight_map_from_semantic
-
 __all__ = [
     "pixel_cross_entropy",
     "dice_loss",
-    "unet_weight_map",
-    "unet_weight_map_from_semantic",
     "SemSegLoss",
 ]
 
@@ -54,7 +49,8 @@ def pixel_cross_entropy(
         logits: (N, K, H, W) unnormalised scores.
         target: (N, H, W) int64 labels in [0, K) or ``ignore_label``.
         ignore_label: label of pixels left out.
-        weight_map: optional (N, H, W) per-pixel weights (e.g. :func:`unet_weight_map`).
+        weight_map: optional (N, H, W) per-pixel weights (e.g.
+            :func:`seg2.data.targets.unet_weight_map`).
 
     Returns:
         scalar: ``sum_x w(x) * CE(x) / #{x not ignored}`` (``w = 1`` without a map, which is
@@ -122,9 +118,8 @@ class SemSegLoss:
     Weighted sum of named semantic losses, ``MODEL.SEG2.LOSS.NAMES``/``WEIGHTS``:
 
     * ``ce``: :func:`pixel_cross_entropy` without weights.
-    * ``weighted_ce``: :func:`pixel_cross_entropy` with U-Net's weight map, taken from the
-      ``weights`` argument (the mapper's ``sem_seg_weights``) or, if None, computed on the
-      fly by :func:`unet_weight_map_from_semantic` with ``MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES``.
+    * ``weighted_ce``: :func:`pixel_cross_entropy` with U-Net's weight map, the ``weights``
+      argument (the dataset mapper's ``sem_seg_weights``, ``INPUT.SEG2.WEIGHT_MAP``).
     * ``dice``: :func:`dice_loss`.
 
     Called as ``loss(logits, targets, weights=None)``; returns one entry per name,
@@ -141,9 +136,6 @@ class SemSegLoss:
         weights: Sequence[float] = (1.0,),
         ignore_label: int = 255,
         dice_eps: float = 1.0,
-        unet_w0: float = 10.0,
-        unet_sigma: float = 5.0,
-        unet_object_classes: Sequence[int] = (),
     ):
         """
         Args:
@@ -151,9 +143,6 @@ class SemSegLoss:
             weights: one multiplier per name.
             ignore_label: label of ignored pixels.
             dice_eps: smoothing of :func:`dice_loss`.
-            unet_w0, unet_sigma: border term of the on-the-fly weight map.
-            unet_object_classes: classes whose connected components are the instances of
-                the on-the-fly weight map; empty = ``weighted_ce`` requires ``weights``.
         """
         names, weights = list(names), [float(w) for w in weights]
         unknown = [n for n in names if n not in self.NAMES]
@@ -173,9 +162,6 @@ class SemSegLoss:
         self.weights = weights
         self.ignore_label = ignore_label
         self.dice_eps = dice_eps
-        self.unet_w0 = unet_w0
-        self.unet_sigma = unet_sigma
-        self.unet_object_classes = list(unet_object_classes)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -185,31 +171,7 @@ class SemSegLoss:
             "weights": loss.WEIGHTS,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "dice_eps": loss.DICE_EPS,
-            "unet_w0": loss.UNET_W0,
-            "unet_sigma": loss.UNET_SIGMA,
-            "unet_object_classes": loss.UNET_OBJECT_CLASSES,
         }
-
-    def weight_map(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """On-the-fly U-Net weights for a batch: (N, H, W) float on the targets' device."""
-        if not self.unet_object_classes:
-            raise ValueError(
-                "loss 'weighted_ce' needs per-pixel weights: set INPUT.SEG2.WEIGHT_MAP True "
-                "(the mapper computes them from instance masks) or list the object classes "
-                "in MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES to compute them from the targets"
-            )
-        maps = [
-            unet_weight_map_from_semantic(
-                t,
-                logits.shape[1],
-                self.unet_object_classes,
-                self.ignore_label,
-                self.unet_w0,
-                self.unet_sigma,
-            )
-            for t in targets.detach().cpu().numpy()
-        ]
-        return torch.as_tensor(np.stack(maps), device=targets.device)
 
     def __call__(
         self,
@@ -231,8 +193,13 @@ class SemSegLoss:
             if name == "ce":
                 value = pixel_cross_entropy(logits, targets, self.ignore_label)
             elif name == "weighted_ce":
-                wmap = weights if weights is not None else self.weight_map(logits, targets)
-                value = pixel_cross_entropy(logits, targets, self.ignore_label, wmap)
+                if weights is None:
+                    raise ValueError(
+                        "loss 'weighted_ce' needs per-pixel weights: set INPUT.SEG2.WEIGHT_MAP "
+                        "True (the dataset mapper builds U-Net's weight map from the panoptic "
+                        "PNG's instances)"
+                    )
+                value = pixel_cross_entropy(logits, targets, self.ignore_label, weights)
             else:
                 value = dice_loss(logits, targets, self.ignore_label, self.dice_eps)
             losses[f"loss_sem_seg_{name}"] = value * w

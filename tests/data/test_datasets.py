@@ -11,7 +11,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from seg2.data import Seg2DatasetMapper, register_from_config, register_synthetic
-from seg2.data.datasets import DatasetFormatError, load_coco_instances, register_coco_panoptic
+from seg2.data.datasets import load_coco_instances, register_coco_panoptic
+from seg2.io import InputError
 from seg2_testing import get_seg2_cfg, tiny_synthetic_root
 
 
@@ -133,7 +134,7 @@ class TestUserData(unittest.TestCase):
     def test_bad_config_entry(self):
         cfg = get_seg2_cfg()
         cfg.DATASETS.SEG2.COCO_INSTANCES = [["only_a_name"]]
-        with self.assertRaisesRegex(DatasetFormatError, "DATASETS.SEG2.COCO_INSTANCES"):
+        with self.assertRaisesRegex(InputError, "DATASETS.SEG2.COCO_INSTANCES"):
             register_from_config(cfg)
 
 
@@ -151,26 +152,26 @@ class TestBadInput(unittest.TestCase):
 
     def test_malformed_json_names_file_and_line(self):
         path = self._write('{"images": [}')
-        with self.assertRaisesRegex(DatasetFormatError, f"{path}: malformed JSON at line 1"):
+        with self.assertRaisesRegex(InputError, f"{path}: malformed JSON at line 1"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_unknown_category_names_annotation(self):
         self.data["annotations"][0]["category_id"] = 99
         path = self._write(self.data)
         ann_id = self.data["annotations"][0]["id"]
-        with self.assertRaisesRegex(DatasetFormatError, f"ann.json: annotation {ann_id}: field 'category_id' = 99"):
+        with self.assertRaisesRegex(InputError, f"ann.json: annotation {ann_id}: field 'category_id' = 99"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_missing_field(self):
         del self.data["images"][0]["height"]
         path = self._write(self.data)
-        with self.assertRaisesRegex(DatasetFormatError, r"ann.json: image \d+: field 'height' = '<missing>'"):
+        with self.assertRaisesRegex(InputError, r"ann.json: image \d+: field 'height' = '<missing>'"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_missing_image_file(self):
         self.data["images"][0]["file_name"] = "nope.png"
         path = self._write(self.data)
-        with self.assertRaisesRegex(DatasetFormatError, "nope.png: image \d+: field 'file_name' = 'nope.png': image file not found"):
+        with self.assertRaisesRegex(InputError, "nope.png: image \d+: field 'file_name' = 'nope.png': image file not found"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_corrupt_image_and_bad_label_in_mapper(self):
@@ -179,13 +180,13 @@ class TestBadInput(unittest.TestCase):
         mapper = Seg2DatasetMapper(cfg, True)
         corrupt = os.path.join(self.tmp, "corrupt.png")
         open(corrupt, "wb").write(b"\x89PNG not really")
-        with self.assertRaisesRegex(DatasetFormatError, "corrupt.png: unreadable image"):
+        with self.assertRaisesRegex(InputError, "corrupt.png: unreadable image"):
             mapper({"file_name": corrupt})
         image = os.path.join(self.tmp, "img.png")
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
         label = os.path.join(self.tmp, "label.png")
         Image.fromarray(np.full((8, 8), 9, np.uint8)).save(label)
-        with self.assertRaisesRegex(DatasetFormatError, r"label.png: label value\(s\) \[9\]"):
+        with self.assertRaisesRegex(InputError, r"label.png: label value\(s\) \[9\]"):
             mapper({"file_name": image, "sem_seg_file_name": label})
 
     def test_palette_label_png_is_read_as_indices_in_training_and_evaluation(self):
@@ -220,5 +221,5 @@ class TestBadInput(unittest.TestCase):
         path = self._write(pan)
         name = _unique("badpan")
         register_coco_panoptic(name, f"{self.root}/images/val", f"{self.root}/panoptic_val", path)
-        with self.assertRaisesRegex(DatasetFormatError, "ann.json: segment \d+ of image \d+: field 'category_id' = 98"):
+        with self.assertRaisesRegex(InputError, "ann.json: segment \d+ of image \d+: field 'category_id' = 98"):
             DatasetCatalog.get(name)

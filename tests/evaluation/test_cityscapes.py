@@ -24,7 +24,7 @@ from seg2.evaluation.cityscapes import (
     evaluate_cityscapes_semantic,
 )
 from seg2.evaluation.cityscapes_evaluators import build_cityscapes_evaluator
-from seg2.evaluation.offline import EvaluationInputError
+from seg2.io import InputError
 from seg2_testing import tiny_synthetic_root
 
 # Cityscapes label ids (cityscapesscripts' labels.py), written here independently.
@@ -122,13 +122,13 @@ class TestSemantic(unittest.TestCase):
         pred_dir = self._preds("bad")
         first = os.path.join(pred_dir, _stem(self.gt_files[0]) + "_pred.png")
         Image.fromarray(np.zeros((5, 5), np.uint8)).save(first)
-        with self.assertRaisesRegex(EvaluationInputError, f"{first}.*\\(5, 5\\)"):
+        with self.assertRaisesRegex(InputError, f"{first}.*\\(5, 5\\)"):
             evaluate_cityscapes_semantic(self.gt_dir, pred_dir)
         Image.fromarray(np.full(Image.open(self.gt_files[0]).size[::-1], 200, np.uint8)).save(first)
-        with self.assertRaisesRegex(EvaluationInputError, f"{first}.*\\[200\\].*label ids"):
+        with self.assertRaisesRegex(InputError, f"{first}.*\\[200\\].*label ids"):
             evaluate_cityscapes_semantic(self.gt_dir, pred_dir)
         os.remove(first)
-        with self.assertRaisesRegex(EvaluationInputError, f"{self.gt_files[0]}: no prediction"):
+        with self.assertRaisesRegex(InputError, f"{self.gt_files[0]}: no prediction"):
             evaluate_cityscapes_semantic(self.gt_dir, pred_dir)
 
 
@@ -176,7 +176,7 @@ class TestInstance(unittest.TestCase):
         with open(txt, "a") as fh:
             fh.write("nothing.png 24\n")
         n = len(open(txt).read().splitlines())
-        with self.assertRaisesRegex(EvaluationInputError, f"{txt} line {n}"):
+        with self.assertRaisesRegex(InputError, f"{txt} line {n}"):
             evaluate_cityscapes_instances(self.gt_dir, pred)
 
 
@@ -293,7 +293,7 @@ class TestPanoptic(unittest.TestCase):
         path = os.path.join(self.root, "pan_short.json")
         json.dump(pred, open(path, "w"))
         with self.assertRaisesRegex(
-            EvaluationInputError, f"{path}: no prediction for .*{gt['annotations'][0]['image_id']}"
+            InputError, f"{path}: no prediction for .*{gt['annotations'][0]['image_id']}"
         ):
             evaluate_cityscapes_panoptic(self.gt_json, self.gt_folder, path, self.gt_folder)
 

@@ -24,7 +24,7 @@ from seg2.evaluation.coco import (
     load_coco_gt,
 )
 from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
-from seg2.evaluation.offline import EvaluationInputError
+from seg2.io import InputError
 from seg2_testing import tiny_synthetic_root
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
@@ -292,13 +292,13 @@ class TestAgainstPycocotools(_Reference, unittest.TestCase):
             with open(path, "w") as f:
                 json.dump(res, f)
             with self.subTest(pattern=pattern), self.assertRaisesRegex(
-                EvaluationInputError, f"bad{i}.json.*{pattern}"
+                InputError, f"bad{i}.json.*{pattern}"
             ):
                 evaluate_coco_files(self.gt_json, path)
         path = os.path.join(self.tmp, "notjson.json")
         with open(path, "w") as f:
             f.write("[{")
-        with self.assertRaisesRegex(EvaluationInputError, "notjson.json: malformed"):
+        with self.assertRaisesRegex(InputError, "notjson.json: malformed"):
             evaluate_coco_files(self.gt_json, path)
 
 

@@ -18,14 +18,9 @@ from detectron2.data import MetadataCatalog
 from PIL import Image
 
 from seg2.evaluation.panoptic import Seg2PanopticEvaluator
-from seg2.evaluation.pq import (
-    PanopticInputError,
-    PQStat,
-    PQStatCat,
-    pq_compute_single,
-)
-from seg2.evaluation.pq_summary import format_pq_table, pq_average, pq_results
-from seg2.evaluation.pq_files import pq_compute_files
+from seg2.evaluation.pq import PQStat, PQStatCat, pq_average, pq_compute_single, pq_results
+from seg2.evaluation.pq_files import format_pq_table, pq_compute_files
+from seg2.io import InputError
 
 CATS = OrderedDict(
     [
@@ -457,12 +452,11 @@ class TestAgainstReferences(unittest.TestCase):
         self.assertAlmostEqual(res["RQ"], rq, places=4)
 
 
-class TestWords(unittest.TestCase):
-    """The files path reads 4-byte pixels (``read_panoptic_words``) and scores them without
-    converting to int64 ids (``pq_compute_words``); both must agree with the int64 path."""
+class TestPanopticPNG(unittest.TestCase):
+    """COCO panoptic PNGs are read as int64 ids, R + 256 G + 256^2 B; ids use all three bytes."""
 
-    def test_read_panoptic_words_equals_rgb2id(self):
-        from seg2.io import read_panoptic_png, read_panoptic_words
+    def test_read_panoptic_png_equals_rgb2id(self):
+        from seg2.io import read_panoptic_png
         from seg2.structures.panoptic import rgb2id
 
         rng = np.random.default_rng(3)
@@ -472,77 +466,19 @@ class TestWords(unittest.TestCase):
             for mode, pixels in (("RGB", rgb), ("RGBA", np.concatenate([rgb, alpha], -1))):
                 path = os.path.join(root, f"{mode}.png")
                 Image.fromarray(pixels, mode).save(path)
-                words = read_panoptic_words(path)
-                self.assertEqual((words.dtype, words.shape), (np.dtype("<u4"), (17, 23)))
-                np.testing.assert_array_equal(words & 0xFFFFFF, rgb2id(rgb))
                 ids = read_panoptic_png(path)
-                self.assertEqual(ids.dtype, np.int64)
+                self.assertEqual((ids.dtype, ids.shape), (np.dtype(np.int64), (17, 23)))
                 np.testing.assert_array_equal(ids, rgb2id(rgb))
                 self.assertGreaterEqual(ids.max(), 1 << 16)
 
-    def test_decoded_into_out_when_it_fits(self):
-        """PIL decodes into the caller's array when it can hold the PNG (reused across PNGs
-        of one size); any other array is left alone and a new one returned."""
-        from seg2.io import read_panoptic_words
-        from seg2.structures.panoptic import rgb2id
-
-        rng = np.random.default_rng(6)
-        rgb = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
-        rgba = np.concatenate([rgb, rng.integers(0, 256, (9, 13, 1), dtype=np.uint8)], -1)
-        expected = rgb2id(rgb).astype(np.uint32) | np.uint32(0xFF000000)
-        with tempfile.TemporaryDirectory() as root:
-            for mode, pixels in (("RGB", rgb), ("RGBA", rgba)):
-                path = os.path.join(root, f"{mode}.png")
-                Image.fromarray(pixels, mode).save(path)
-                out = np.zeros((9, 13), "<u4")
-                self.assertIs(read_panoptic_words(path, out=out), out)
-                np.testing.assert_array_equal(out, expected)  # high byte 0xFF, alpha or not
-                for other in (
-                    np.zeros((13, 9), "<u4"),  # another size
-                    np.zeros((9, 13), np.int64),  # another dtype
-                    np.zeros((9, 26), "<u4")[:, ::2],  # not contiguous
-                    np.zeros((9, 13), "<u4").T.copy().T,  # Fortran order
-                ):
-                    before = other.copy()
-                    words = read_panoptic_words(path, out=other)
-                    self.assertIsNot(words, other)
-                    np.testing.assert_array_equal(words, expected)
-                    np.testing.assert_array_equal(other, before)
-                frozen = np.zeros((9, 13), "<u4")
-                frozen.flags.writeable = False
-                self.assertIsNot(read_panoptic_words(path, out=frozen), frozen)
-                self.assertFalse(frozen.any())
-
-    def test_copy_when_pil_decodes_into_its_own_memory(self):
-        """A PIL that ignores the mapped memory (allocates its own at load) still gives the
-        right words, copied into ``out``."""
-        from PIL import ImageFile
-
-        from seg2.io import read_panoptic_words
-        from seg2.structures.panoptic import rgb2id
-
-        rgb = np.random.default_rng(7).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-
-        def own_memory(self):
-            self.im = Image.core.new(self.mode, self.size)
-
-        with tempfile.TemporaryDirectory() as root:
-            path = os.path.join(root, "a.png")
-            Image.fromarray(rgb).save(path)
-            out = np.zeros((5, 7), "<u4")
-            with mock.patch.object(ImageFile.ImageFile, "load_prepare", own_memory):
-                self.assertIs(read_panoptic_words(path, out=out), out)
-            np.testing.assert_array_equal(out & 0xFFFFFF, rgb2id(rgb))
-            np.testing.assert_array_equal(out >> 24, 0xFF)
-
     def test_unreadable_panoptic_pngs_are_named(self):
-        from seg2.io import InputError, read_panoptic_words
+        from seg2.io import InputError, read_panoptic_png
 
         with tempfile.TemporaryDirectory() as root:
             jpeg = os.path.join(root, "a.png")
             Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(jpeg, format="JPEG")
             with self.assertRaisesRegex(InputError, r"a\.png: unreadable panoptic PNG \(not a PNG"):
-                read_panoptic_words(jpeg)
+                read_panoptic_png(jpeg)
             png = os.path.join(root, "b.png")
             Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(png)
             with open(png, "rb") as f:
@@ -550,34 +486,30 @@ class TestWords(unittest.TestCase):
             with open(png, "wb") as f:
                 f.write(data[: len(data) // 2])
             with self.assertRaisesRegex(InputError, r"b\.png: unreadable panoptic PNG \("):
-                read_panoptic_words(png, out=np.zeros((64, 64), "<u4"))
+                read_panoptic_png(png)
             with self.assertRaisesRegex(InputError, r"c\.png: panoptic PNG file not found"):
-                read_panoptic_words(os.path.join(root, "c.png"))
+                read_panoptic_png(os.path.join(root, "c.png"))
+            gray = os.path.join(root, "d.png")
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(gray)
+            with self.assertRaisesRegex(InputError, r"d\.png: panoptic PNG has mode L"):
+                read_panoptic_png(gray)
 
-    def test_words_with_any_high_byte_equal_int64_ids(self):
-        from seg2.evaluation.pq import pq_compute_words
-
+    def test_large_ids_in_maps_and_lists(self):
         rng = np.random.default_rng(4)
         for _ in range(6):
             gt, gs, pred, ps = random_image(rng)
-            # Large ids (all three bytes), and a random high byte the words path must ignore.
             big = {0: 0}
             for i in sorted((set(np.unique(gt).tolist()) | set(np.unique(pred).tolist())) - {0}):
                 big[i] = int(rng.integers(1, 1 << 24))
             remap = np.vectorize(big.get)
-            gt, pred = remap(gt), remap(pred)
-            gs = [dict(s, id=big[s["id"]]) for s in gs]
-            ps = [dict(s, id=big[s["id"]]) for s in ps]
-
-            def words(ids):
-                high = rng.integers(0, 256, ids.shape).astype(np.uint32) << 24
-                return ids.astype(np.uint32) | high
-
+            big_gs = [dict(s, id=big[s["id"]]) for s in gs]
+            big_ps = [dict(s, id=big[s["id"]]) for s in ps]
             expected = repr(pq_compute_single(gt, gs, pred, ps, CATS))
-            self.assertEqual(repr(pq_compute_words(words(gt), gs, words(pred), ps, CATS)), expected)
-            # An id missing from the JSON is reported as its 24-bit id, high byte dropped.
-            with self.assertRaisesRegex(PanopticInputError, rf"\[{gs[-1]['id']}\] are in the PNG"):
-                pq_compute_words(words(gt), gs[:-1], words(pred), ps, CATS)
+            self.assertEqual(
+                repr(pq_compute_single(remap(gt), big_gs, remap(pred), big_ps, CATS)), expected
+            )
+            with self.assertRaisesRegex(InputError, rf"\[{big_gs[-1]['id']}\] are in the PNG"):
+                pq_compute_single(remap(gt), big_gs[:-1], remap(pred), big_ps, CATS)
 
     def test_a_thousand_segments(self):
         # The former hash table grew until collision-free: 1000 ids asked for 2 TiB.
@@ -625,7 +557,7 @@ class TestFiles(unittest.TestCase):
     def test_batches_of_any_size_give_the_same_figures(self):
         """Images are scored by batches (PQBatch); the figures must not depend on where the
         batches split, and must equal the independent per-pixel loop reference. Sizes vary
-        from image to image: each PNG is decoded into the previous one's array when it fits."""
+        from image to image."""
         from seg2.evaluation import pq_files
 
         rng = np.random.default_rng(6)
@@ -654,7 +586,7 @@ class TestFiles(unittest.TestCase):
 
     def _expect(self, images, *patterns, workers=0):
         files = write_case(self.root, images)
-        with self.assertRaises(PanopticInputError) as ctx:
+        with self.assertRaises(InputError) as ctx:
             pq_compute_files(*files, num_workers=workers)
         for p in patterns:
             self.assertIn(p, str(ctx.exception))
@@ -708,17 +640,17 @@ class TestFiles(unittest.TestCase):
         data["annotations"] = data["annotations"][:1]
         with open(pred_json, "w") as f:
             json.dump(data, f)
-        with self.assertRaisesRegex(PanopticInputError, r"no prediction for image img2\.png"):
+        with self.assertRaisesRegex(InputError, r"no prediction for image img2\.png"):
             pq_compute_files(*files, num_workers=0)
 
     def test_missing_and_non_rgb_png(self):
         files = write_case(self.root, [self._valid()])
         png = os.path.join(files[3], "img1.png")
         Image.fromarray(np.zeros((2, 4), np.uint8)).save(png)  # grayscale: ids would be wrong
-        with self.assertRaisesRegex(PanopticInputError, r"img1\.png.*mode L"):
+        with self.assertRaisesRegex(InputError, r"img1\.png.*mode L"):
             pq_compute_files(*files, num_workers=0)
         os.remove(png)
-        with self.assertRaisesRegex(PanopticInputError, r"img1\.png.*not found"):
+        with self.assertRaisesRegex(InputError, r"img1\.png.*not found"):
             pq_compute_files(*files, num_workers=0)
 
     def test_error_in_worker_names_image(self):
@@ -843,7 +775,7 @@ class TestEvaluator(unittest.TestCase):
         segments[1]["category_id"] = 5
         ev = Seg2PanopticEvaluator(self.name, output_dir=None, distributed=False)
         ev.reset()
-        with self.assertRaisesRegex(PanopticInputError, r"im\.jpg: predicted segment 6 .* 5"):
+        with self.assertRaisesRegex(InputError, r"im\.jpg: predicted segment 6 .* 5"):
             ev.process(self.inputs, [{"panoptic_seg": (torch.as_tensor(self.pred), segments)}])
 
 
@@ -874,41 +806,5 @@ class TestEdgeCases(unittest.TestCase):
     def test_empty_ground_truth_is_an_error(self):
         with tempfile.TemporaryDirectory() as root:
             gt_json, gt_dir, pred_json, pred_dir = write_case(root, [])
-            with self.assertRaisesRegex(PanopticInputError, "gt.json: field 'annotations' is empty"):
+            with self.assertRaisesRegex(InputError, "gt.json: field 'annotations' is empty"):
                 pq_compute_files(gt_json, gt_dir, pred_json, pred_dir, num_workers=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The numpy path: where seg2._C was not built (no C compiler at install), PQBatch sums the
-# overlaps with numpy. The rules, references, word and file tests run again on that path.
-
-
-class NumpyPath:
-    def setUp(self):
-        from seg2.evaluation.pq_overlaps import numpy_engine, pq_engine
-
-        engine = numpy_engine()
-        engine.__enter__()
-        self.addCleanup(engine.__exit__, None, None, None)
-        self.assertEqual(pq_engine(), "numpy")
-        super().setUp()
-
-
-class TestMatchingRulesNumpy(NumpyPath, TestMatchingRules):
-    pass
-
-
-class TestAgainstReferencesNumpy(NumpyPath, TestAgainstReferences):
-    pass
-
-
-class TestWordsNumpy(NumpyPath, TestWords):
-    pass
-
-
-class TestFilesNumpy(NumpyPath, TestFiles):
-    pass
-
-
-class TestEdgeCasesNumpy(NumpyPath, TestEdgeCases):
-    pass

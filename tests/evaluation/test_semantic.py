@@ -16,7 +16,7 @@ from PIL import Image
 
 from seg2.evaluation import semantic as sem_module
 from seg2.evaluation import semantic_evaluator as evaluator_module
-from seg2.evaluation.offline import EvaluationInputError
+from seg2.io import InputError
 from seg2.evaluation.semantic import (
     ConfusionMatrix,
     evaluate_semantic_folders,
@@ -183,9 +183,9 @@ class TestHandWorked(unittest.TestCase):
 
     def test_bad_labels_name_the_file(self):
         conf = ConfusionMatrix(3, 255)
-        with self.assertRaisesRegex(EvaluationInputError, r"gt\.png.*\[7\]"):
+        with self.assertRaisesRegex(InputError, r"gt\.png.*\[7\]"):
             conf.update(np.zeros((2, 2), np.uint8), np.full((2, 2), 7, np.uint8), "gt.png", "p.png")
-        with self.assertRaisesRegex(EvaluationInputError, r"p\.png.*\(2, 3\)"):
+        with self.assertRaisesRegex(InputError, r"p\.png.*\(2, 3\)"):
             conf.update(np.zeros((2, 3), np.uint8), np.zeros((2, 2), np.uint8), "gt.png", "p.png")
         self.assertEqual(conf.matrix.sum(), 0)
 

@@ -258,9 +258,8 @@ class TestProbabilisticFusion(unittest.TestCase):
         self.assertEqual(pan.tolist(), [[0, 1]])
         self.assertEqual(_strip(segs), [{"id": 1, "isthing": False, "category_id": 2}])
 
-
     def test_missed_object_is_void_even_with_one_stuff_class(self):
-        # The issue's case: thing class 0 = semantic 0, one stuff class = semantic 1,
+        # A missed object beside the only stuff class: thing class 0 = semantic 0, stuff = 1,
         # w = 0.5. 2x2 image, columns: left semantic P(thing) = .9, right P(stuff) = .9.
         # One instance (class 0, score .9) covers the bottom-left pixel only.
         probs = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[0.1, 0.9], [0.1, 0.9]]])
@@ -356,7 +355,30 @@ class TestFusionRegistry(unittest.TestCase):
         cfg.MODEL.SEG2.FUSION.NAME = "ProbabilisticFusion"
         prob = build_fusion(cfg)
         self.assertIsInstance(prob, ProbabilisticFusion)
-        self.assertEqual((prob.instances_score_thresh, prob.semantic_weight), (0.2, 0.7))
+        self.assertEqual(
+            (
+                prob.instances_score_thresh,
+                prob.overlap_thresh,
+                prob.stuff_area_limit,
+                prob.semantic_weight,
+            ),
+            (0.2, 0.3, 10, 0.7),
+        )
+        # The exported model rebuilds a fusion from its from_config keyword arguments.
+        again = FUSION_REGISTRY.get("ProbabilisticFusion")(**ProbabilisticFusion.from_config(cfg))
+        self.assertEqual(vars(again), vars(prob))
+        # Constructor defaults: the heuristic's score floor is Detectron2's 0.5, the pool's 0.1.
+        self.assertEqual(
+            (
+                HeuristicFusion().instances_score_thresh,
+                ProbabilisticFusion().instances_score_thresh,
+            ),
+            (0.5, 0.1),
+        )
+        self.assertEqual(
+            (ProbabilisticFusion().overlap_thresh, ProbabilisticFusion().stuff_area_limit),
+            (0.5, 64),
+        )
         self.assertIsInstance(build_fusion(cfg, "HeuristicFusion"), HeuristicFusion)
         self.assertIs(FUSION_REGISTRY.get("ProbabilisticFusion"), ProbabilisticFusion)
         with self.assertRaises(KeyError):

@@ -1,19 +1,12 @@
-"""Semantic losses against torch's cross-entropy and hand-computed Dice / U-Net weights."""
+"""Semantic losses against torch's cross-entropy and hand-computed Dice."""
 
 import math
 import unittest
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from seg2.modeling.losses import (
-    SemSegLoss,
-    dice_loss,
-    pixel_cross_entropy,
-    unet_weight_map,
-    unet_weight_map_from_semantic,
-)
+from seg2.modeling.losses import SemSegLoss, dice_loss, pixel_cross_entropy
 from seg2_testing import get_seg2_cfg
 
 L3 = math.log(3.0)
@@ -80,54 +73,6 @@ class TestDice(unittest.TestCase):
         self.assertAlmostEqual(dice_loss(logits, target, 255, eps=0.0).item(), 0.0, 6)
 
 
-class TestUNetWeightMap(unittest.TestCase):
-    """Two 4x4 squares separated by a one-pixel background column (the paper's case of
-    touching cells split by a thin background line), on a 6x11 image."""
-
-    def setUp(self):
-        self.ids = np.zeros((6, 11), np.int32)
-        self.ids[1:5, 1:5] = 1
-        self.ids[1:5, 6:10] = 2
-        self.sem = (self.ids > 0).astype(np.uint8)
-        self.sem[5, 10] = 255
-        # 65 labelled pixels: 32 of class 1, 33 of class 0; w_c = 65 / (2 n_c).
-        self.wc0, self.wc1 = 65 / 66, 65 / 64
-
-    def test_hand_computed(self):
-        w = unet_weight_map(self.ids, self.sem, num_classes=2, w0=10.0, sigma=5.0)
-        self.assertEqual(w.dtype, np.float32)
-        border = lambda d1, d2: 10.0 * math.exp(-((d1 + d2) ** 2) / (2 * 25.0))
-        cases = {
-            (2, 5): self.wc0 + border(1, 1),  # in the gap: 1 px from each square
-            (0, 5): self.wc0 + border(math.sqrt(2), math.sqrt(2)),  # diagonal to both
-            (2, 0): self.wc0 + border(1, 6),  # left of square 1, 6 px from square 2
-            (5, 0): self.wc0 + border(math.sqrt(2), math.sqrt(37)),
-            (2, 2): self.wc1,  # inside a square: class balance only
-            (4, 9): self.wc1,
-            (5, 10): 0.0,  # ignored
-        }
-        for (y, x), expected in cases.items():
-            self.assertAlmostEqual(float(w[y, x]), expected, 5, msg=(y, x))
-        # Mean class-balance weight over labelled pixels is 1 by construction.
-        wc = unet_weight_map(self.ids, self.sem, num_classes=2, w0=0.0)
-        self.assertAlmostEqual(float(wc.sum()) / 65, 1.0, 5)
-
-    def test_single_instance_has_no_border_term(self):
-        ids = np.where(self.ids == 2, 0, self.ids)
-        w = unet_weight_map(ids, self.sem, num_classes=2)
-        self.assertAlmostEqual(float(w[2, 5]), self.wc0, 6)
-
-    def test_from_semantic_components(self):
-        w = unet_weight_map_from_semantic(self.sem, 2, object_classes=[1])
-        self.assertTrue(np.allclose(w, unet_weight_map(self.ids, self.sem, 2)))
-
-    def test_bad_input(self):
-        with self.assertRaisesRegex(ValueError, "same shape"):
-            unet_weight_map(self.ids, self.sem[:5], num_classes=2)
-        with self.assertRaisesRegex(ValueError, r"\[0, 2\)"):
-            unet_weight_map(self.ids, self.sem * 3, num_classes=2)
-
-
 class TestSemSegLoss(unittest.TestCase):
     def setUp(self):
         torch.manual_seed(0)
@@ -153,15 +98,9 @@ class TestSemSegLoss(unittest.TestCase):
         self.assertTrue(
             torch.allclose(loss(self.logits, self.target, w)["loss_sem_seg_weighted_ce"], ref)
         )
+        # The weights come only from the dataset mapper (sem_seg_weights).
         with self.assertRaisesRegex(ValueError, "INPUT.SEG2.WEIGHT_MAP"):
             loss(self.logits, self.target)
-        # On the fly from connected components of class 1.
-        fly = SemSegLoss(names=["weighted_ce"], weights=[1.0], unet_object_classes=[1])
-        maps = np.stack([unet_weight_map_from_semantic(t, 3, [1]) for t in self.target.numpy()])
-        ref = pixel_cross_entropy(self.logits, self.target, 255, torch.from_numpy(maps))
-        self.assertTrue(
-            torch.allclose(fly(self.logits, self.target)["loss_sem_seg_weighted_ce"], ref)
-        )
 
     def test_config_errors(self):
         with self.assertRaisesRegex(ValueError, "MODEL.SEG2.LOSS.NAMES"):

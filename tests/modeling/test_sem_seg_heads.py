@@ -4,12 +4,14 @@ import unittest
 
 import torch
 from detectron2.modeling import build_model
+from torch.nn import functional as F
 
 import seg2.modeling.backbone  # noqa: F401  (registers build_unet_backbone)
 import seg2.modeling.meta_arch_semantic  # noqa: F401  (registers Seg2SemanticSegmentor)
 import seg2.modeling.sem_seg  # noqa: F401  (registers the heads)
 from seg2.data.synthetic.meta import CATEGORIES
 from seg2.modeling.backbone.unet import UNetEncoder
+from seg2.modeling.sem_seg import center_crop
 from seg2.modeling.upsample import MaxPoolWithSwitches, MaxUnpoolUpsample
 from seg2_testing import get_seg2_cfg
 
@@ -145,6 +147,47 @@ class TestFCN(HeadCase, unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "switches"):
             build_model(cfg)
 
+    def test_fusion_order_matches_the_paper_on_equal_channels(self):
+        # FPN levels all have the same channels, so fusing them in the wrong order still
+        # runs; only the values tell. The reference is the paper's FCN-8s built by hand
+        # from the head's own weights: s3(p3) + up(s4(p4) + up(pred(p5))), each sum cut
+        # to the finer level's size at the bottom/right.
+        cfg = make_cfg("FCNSemSegHead", "fpn")
+        cfg.MODEL.SEG2.UPSAMPLE.NAME = "transposed"
+        head = build_model(cfg).sem_seg_head.eval()
+        self.assertEqual(head.in_features, ["p5", "p4", "p3"])
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            # Score convs start at zero and the ops at the same bilinear kernel: give every
+            # conv and op its own random weights so that no two are interchangeable.
+            for conv in [head.predictor, *head.skip_scores]:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+            for op in head.upsample_ops:
+                op.weight.copy_(torch.randn(op.weight.shape, generator=g))
+        # Distinct inputs per level; odd sizes so that each upsampled map is cut.
+        feats = {
+            "p5": torch.randn(1, 32, 3, 4, generator=g),
+            "p4": torch.randn(1, 32, 5, 7, generator=g),
+            "p3": torch.randn(1, 32, 10, 13, generator=g),
+        }
+
+        def score(conv, x):
+            return F.conv2d(x, conv.weight, conv.bias)
+
+        def up(op, x, size):
+            y = F.conv_transpose2d(x, op.weight, stride=2, padding=1)  # kernel 4: 2x
+            return y[..., : size[0], : size[1]]
+
+        s4, s3 = head.skip_scores
+        up4, up3 = head.upsample_ops
+        fused4 = score(s4, feats["p4"]) + up(up4, score(head.predictor, feats["p5"]), (5, 7))
+        expected = score(s3, feats["p3"]) + up(up3, fused4, (10, 13))
+        with torch.no_grad():
+            got = head.layers(feats)
+        self.assertEqual(tuple(got.shape), (1, K, 10, 13))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
     def test_bad_feature_name(self):
         cfg = make_cfg("FCNSemSegHead")
         cfg.MODEL.SEG2.FCN.IN_FEATURES = ["res5", "p4"]
@@ -153,6 +196,14 @@ class TestFCN(HeadCase, unittest.TestCase):
 
 
 class TestUNet(HeadCase, unittest.TestCase):
+    def test_center_crop_odd_excess(self):
+        # An excess of 3 leaves 1 pixel above/left and 2 below/right (rounded down).
+        x = torch.arange(49.0).reshape(1, 1, 7, 7)
+        self.assertTrue(torch.equal(center_crop(x, (4, 4)), x[..., 1:5, 1:5]))
+        # Even excess: centred; mixed: each dim on its own.
+        self.assertTrue(torch.equal(center_crop(x, (3, 5)), x[..., 2:5, 1:6]))
+        self.assertTrue(torch.equal(center_crop(x, (7, 7)), x))
+
     def test_resnet_pad(self):
         cfg = make_cfg("UNetSemSegHead")
         cfg.MODEL.SEG2.UPSAMPLE.NAME = "nearest"
@@ -268,7 +319,7 @@ class TestSeg2SemanticSegmentor(unittest.TestCase):
         inputs[0]["sem_seg_weights"].zero_()
         partial = model(inputs)["loss_sem_seg_weighted_ce"]
         self.assertLess(partial.item(), threes["loss_sem_seg_weighted_ce"].item())
-        # Without weights the loss needs them (no on-the-fly object classes configured).
+        # Without weights (INPUT.SEG2.WEIGHT_MAP off) weighted CE has nothing to weigh by.
         for d in inputs:
             d.pop("sem_seg_weights")
         with self.assertRaisesRegex(ValueError, "INPUT.SEG2.WEIGHT_MAP"):
@@ -284,9 +335,11 @@ class TestCUDA(unittest.TestCase):
             cfg.MODEL.SEG2.UPSAMPLE.NAME = "transposed"
             cfg.MODEL.SEG2.LOSS.NAMES = ["weighted_ce", "dice"]
             cfg.MODEL.SEG2.LOSS.WEIGHTS = [1.0, 1.0]
-            cfg.MODEL.SEG2.LOSS.UNET_OBJECT_CLASSES = [0, 1]
             model = build_model(cfg).train()
-            losses = model(make_inputs())
+            inputs = make_inputs(weights=True)
+            for d in inputs:
+                d["sem_seg_weights"] = torch.rand(d["sem_seg"].shape) * 3
+            losses = model(inputs)
             sum(losses.values()).backward()
             self.assertTrue(all(v.is_cuda and torch.isfinite(v) for v in losses.values()))
             model.eval()

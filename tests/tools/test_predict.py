@@ -241,6 +241,85 @@ class TestPredict(unittest.TestCase):
             masks += int(m.any(dim=(1, 2)).sum())
         self.assertGreater(masks, 0)  # some masks to compare
 
+    def test_outputs_at_the_input_size_when_resized(self):
+        # A 100x130 image is resized to 128x166 for the model (INPUT.MIN_SIZE_TEST 128) and
+        # padded to 128x192 (FPN's size divisibility). The written results must come back at
+        # 100x130 and equal a reference made here from the model's raw outputs on the resized
+        # image and Detectron2's own postprocessing (sem_seg_postprocess: crop the padding,
+        # bilinear to the original size; detector_postprocess: scale the boxes, paste the
+        # masks at the original size).
+        from detectron2.data import transforms as T
+        from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+        from pycocotools import mask as mask_util
+
+        src = os.path.join(self.tmp, "resized_in")
+        os.makedirs(src)
+        scene = Image.open(os.path.join(self.root, "images", "val", "000001.png"))
+        scene.convert("RGB").resize((130, 100), Image.BILINEAR).save(os.path.join(src, "scene.png"))
+        # Random score convs (FCN starts them at zero, a constant map): the semantic map
+        # then varies across the image, so a misplaced resize changes its values.
+        torch.manual_seed(1)
+        model = build_model(self.cfg)
+        head = model.sem_seg_head
+        with torch.no_grad():
+            for conv in [head.predictor, *head.skip_scores]:
+                conv.weight.normal_(0, 0.05)
+                conv.bias.normal_(0, 0.5)
+        save_dir = os.path.join(self.tmp, "spatial")
+        os.makedirs(save_dir)
+        DetectionCheckpointer(model, save_dir=save_dir).save("model")
+        out = os.path.join(self.tmp, "resized_out")
+        proc = predict(
+            [
+                "--input",
+                src,
+                "--output",
+                out,
+                "--batch-size",
+                "1",
+                "MODEL.WEIGHTS",
+                os.path.join(save_dir, "model.pth"),
+                *OPTS,
+            ],
+            self.root,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+
+        # The reference: same thread count and batch size as the subprocess (then exact).
+        with subprocess_threads():
+            model.eval()
+            bgr = cv2.imread(os.path.join(src, "scene.png"))  # INPUT.FORMAT BGR
+            resized = T.ResizeShortestEdge(128, 256, "choice").get_transform(bgr).apply_image(bgr)
+            self.assertEqual(resized.shape[:2], (128, 166))
+            image = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+            with torch.no_grad():
+                dets, sem = model.inference([{"image": image}], do_postprocess=False)
+            labels = sem_seg_postprocess(sem[0], (128, 166), 100, 130).argmax(0).numpy()
+            insts = detector_postprocess(dets[0], 100, 130)
+        self.assertGreater(len(np.unique(labels)), 1)  # not a constant map
+
+        written = np.asarray(Image.open(os.path.join(out, "sem_seg", "scene.png")))
+        self.assertEqual(written.shape, (100, 130))
+        np.testing.assert_array_equal(written, labels)
+        pan = np.asarray(Image.open(os.path.join(out, "panoptic", "scene.png")))
+        self.assertEqual(pan.shape, (100, 130, 3))
+
+        results = sorted(
+            json.load(open(os.path.join(out, "instances.json"))), key=lambda r: -r["score"]
+        )
+        order = torch.argsort(insts.scores, descending=True, stable=True).tolist()
+        self.assertGreater(len(order), 0)
+        self.assertEqual(len(results), len(order))
+        boxes = insts.pred_boxes.tensor.numpy()
+        for r, i in zip(results, order):
+            self.assertEqual(r["segmentation"]["size"], [100, 130])
+            np.testing.assert_allclose(r["score"], float(insts.scores[i]), rtol=1e-6)
+            x0, y0, x1, y1 = boxes[i]
+            np.testing.assert_allclose(r["bbox"], [x0, y0, x1 - x0, y1 - y0], rtol=1e-5, atol=1e-4)
+            np.testing.assert_array_equal(
+                mask_util.decode(r["segmentation"]).astype(bool), insts.pred_masks[i].numpy()
+            )
+
     def test_odd_inputs_and_video(self):
         src = os.path.join(self.tmp, "odd")
         os.makedirs(os.path.join(src, "sub"))

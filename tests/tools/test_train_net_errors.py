@@ -1,6 +1,6 @@
 """User errors through the real entry point end with one line naming the source, exit status
 2 and no traceback, in one process and in two (gloo) processes; SEG2_DEBUG=1 brings the
-traceback back. Detailed messages are tested in-process (tests/test_config_check.py)."""
+traceback back. Detailed messages are tested in-process (tests/engine/test_config_check.py)."""
 
 import glob
 import os

@@ -415,21 +415,13 @@ def bench_panoptic(root: str, split: str, repeats: int, seed: int) -> List[Dict]
 
 def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours, repeats):
     """The PNG-decoding floor: PIL decoding both PNGs of each image, one image at a time as
-    the evaluator does, and nothing else. It is the cheapest of: decoding straight into one
-    reused numpy array per side (PIL's image memory mapped onto it, as ``read_panoptic_words``
-    does: no copy, no fresh memory), loading into PIL's own memory then copying out the 4-byte
-    pixels, or ``np.asarray`` of the RGB bytes; files are opened as the evaluator opens them.
-    The mapping is written out here rather than calling ``read_panoptic_words``, so that the
-    floor runs none of the evaluator's own code (its checks included).
-    Its "speed-up" column is the evaluator's speed as a share of the decode-only speed (1 = no
-    cost beyond decoding); all are timed in turns, best of ``repeats``. The note gives the
-    options' times per image, the usual ``Image.open(path)`` + ``load`` + copy for
-    comparison, the matching alone (a ``PQBatch`` over all images, on maps read beforehand:
-    in the evaluator each map is matched right after it is decoded), and the evaluator on its
-    numpy path, as where ``seg2._C`` was not built."""
+    the evaluator does, and nothing else (the cheaper of copying out the 4-byte pixels or
+    ``np.asarray`` of the RGB bytes). Its "speed-up" column is the evaluator's speed as a
+    share of the decode-only speed (1 = no cost beyond decoding); both are timed in turns,
+    best of ``repeats``. The note gives the matching alone (a ``PQBatch`` over all images,
+    on maps read beforehand)."""
     from seg2.evaluation.pq import PQBatch
-    from seg2.evaluation.pq_overlaps import numpy_engine, pq_engine
-    from seg2.io import read_panoptic_words
+    from seg2.io import read_panoptic_png
 
     with open(pred_json) as f:
         preds = {a["image_id"]: a for a in json.load(f)["annotations"]}
@@ -445,51 +437,23 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     ]
     pngs = [path for g, _, p, _ in pairs for path in (g, p)]
 
-    def mapped():
-        bufs = [np.empty(0, "<u4"), np.empty(0, "<u4")]  # one per side, as the evaluator
-        for i, path in enumerate(pngs):
-            with open(path, "rb") as f:
-                img = Image.open(f, formats=("PNG",))
-                shape = (img.height, img.width)
-                if bufs[i % 2].shape != shape:
-                    bufs[i % 2] = np.empty(shape, "<u4")
-                img.im = Image.core.map_buffer(bufs[i % 2], img.size, "raw", 0, (img.mode, 0, 1))
-                img.load()
-
-    def pixels(as_words: bool, by_path: bool = False):
+    def pixels(as_words: bool):
         for path in pngs:
-            if by_path:  # PIL's usual way (it resolves the path's links first)
-                img = Image.open(path)
-                img.load()
-            else:  # as the evaluator opens its files
-                with open(path, "rb") as f:
-                    img = Image.open(f, formats=("PNG",))
-                    img.load()
-            if as_words:
-                np.frombuffer(img.tobytes("raw", "RGBX"), "<u4")
-            else:
-                np.asarray(img)
+            with Image.open(path) as img:
+                if as_words:
+                    np.frombuffer(img.tobytes("raw", "RGBX"), "<u4")
+                else:
+                    np.asarray(img)
 
-    def ours_numpy():
-        with numpy_engine():
-            ours()
-
-    runs = {
-        "mapped": mapped,
-        "words": lambda: pixels(True),
-        "rgb": lambda: pixels(False),
-        "usual": lambda: pixels(True, by_path=True),
-        "ours": ours,
-        "numpy": ours_numpy,
-    }
+    runs = {"words": lambda: pixels(True), "rgb": lambda: pixels(False), "ours": ours}
     best = {k: math.inf for k in runs}
     for _ in range(max(1, repeats)):  # in turns, so that a change of machine load hits all
         for k, fn in runs.items():
             start = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - start)
-    t_decode = min(best["mapped"], best["words"], best["rgb"])
-    maps = [(read_panoptic_words(g), read_panoptic_words(p)) for g, _, p, _ in pairs]
+    t_decode = min(best["words"], best["rgb"])
+    maps = [(read_panoptic_png(g), read_panoptic_png(p)) for g, _, p, _ in pairs]
 
     def match():
         batch = PQBatch([(g, g_segs, p_segs) for g, g_segs, _, p_segs in pairs], categories)
@@ -514,11 +478,9 @@ def _pq_decode_floor(gt: Dict, gt_dir: str, pred_json: str, pred_dir: str, ours,
     )
     row.update(
         identical=None,
-        note=f"per image: decode {ms(t_decode)} ms (into reused arrays {ms(best['mapped'])}, "
-        f"PIL memory + 4-byte copy {ms(best['words'])}, RGB np.asarray {ms(best['rgb'])}; "
-        f"Image.open(path) + load + copy {ms(best['usual'])}), matching {ms(t_match)} ms; "
-        f"overlaps by {pq_engine()}; the numpy path (no seg2._C) {ms(best['numpy'])} ms, "
-        f"{t_decode / best['numpy']:.3f} of decode-only; speed-up = share of decode-only speed",
+        note=f"per image: decode {ms(t_decode)} ms (PIL memory + 4-byte copy "
+        f"{ms(best['words'])}, RGB np.asarray {ms(best['rgb'])}), overlaps and matching "
+        f"{ms(t_match)} ms; speed-up = share of decode-only speed",
     )
     return row
 

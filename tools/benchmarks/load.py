@@ -190,8 +190,7 @@ def run_load_benchmark(
     from seg2.evaluation.coco import evaluate_coco_files
     from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
     from seg2.evaluation.panoptic import Seg2PanopticEvaluator
-    from seg2.evaluation.pq import PQStat, pq_compute_single
-    from seg2.evaluation.pq_summary import pq_results
+    from seg2.evaluation.pq import PQStat, pq_compute_single, pq_results
     from seg2.evaluation.pq_files import panoptic_categories
     from seg2.evaluation.semantic import (
         ConfusionMatrix,

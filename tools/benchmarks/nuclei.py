@@ -30,9 +30,10 @@ from PIL import Image
 from scipy import ndimage
 
 from seg2.data.real import register_nuclei
-from seg2.evaluation.boundary import instance_separation, separation_summary
 from seg2.engine import Seg2Trainer
+from seg2.evaluation.boundary import instance_separation, separation_summary
 from seg2.evaluation.build import build_evaluators
+
 from .common import get_seg2_cfg
 
 __all__ = [
@@ -81,7 +82,10 @@ def separation_metrics(pred_foreground: np.ndarray, gt_instances: np.ndarray) ->
         touching_separated_pct=m["touching_separated_pct"],
         separated=counts["separated"],
         separated_pct=m["separated_pct"],
-        f1_iou50=100.0 * 2 * counts["matches"] / max(counts["pred_components"] + counts["instances"], 1),
+        f1_iou50=100.0
+        * 2
+        * counts["matches"]
+        / max(counts["pred_components"] + counts["instances"], 1),
     )
 
 
@@ -170,7 +174,8 @@ def format_results_table(results: Dict[str, Dict]) -> str:
         sem, sep = r["sem_seg"], r["separation"]
         rows.append(
             f"| {label} | {sem['Dice-nucleus']:.1f} | {sem['mIoU']:.1f} "
-            f"| {sep['touching_separated']}/{sep['touching']} ({sep['touching_separated_pct']:.0f}%) "
+            f"| {sep['touching_separated']}/{sep['touching']} "
+            f"({sep['touching_separated_pct']:.0f}%) "
             f"| {sep['separated']}/{sep['gt_nuclei']} ({sep['separated_pct']:.0f}%) "
             f"| {sep['pred_components']} / {sep['gt_nuclei']} | {sep['f1_iou50']:.1f} "
             f"| {r['train_seconds']:.0f} s |"

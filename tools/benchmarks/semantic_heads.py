@@ -11,8 +11,9 @@ Metrics (all computed on the val images processed):
 * ``mIoU``, ``pACC``: :class:`~seg2.evaluation.semantic_evaluator.Seg2SemSegEvaluator` (Detectron2's
   conventions), in percent.
 * ``BF`` (boundary F-score at 2 px) and ``touching`` ("separated / total" ground-truth thing
-  instances that touch a same-class instance): :class:`~seg2.evaluation.boundary.Seg2BoundaryEvaluator`,
-  whose module docstring defines them (the same definitions as the nuclei example).
+  instances that touch a same-class instance):
+  :class:`~seg2.evaluation.boundary.Seg2BoundaryEvaluator`, whose module docstring defines them
+  (the same definitions as the nuclei example).
 * ``s/iter``: median wall time of a training iteration (data loading included, no worker
   processes), ``ms/img``: median wall time of one inference forward pass (batch 1), both
   after warm-up; medians because the CPU may be shared.
@@ -75,9 +76,10 @@ BOUNDARY_TOLERANCE = 2
 # ---------------------------------------------------------------------------- training
 
 
-def _register_data(data_root: Optional[str]) -> str:
+def register_data(data_root: Optional[str]) -> str:
     """Register the synthetic splits (prefix returned); idempotent."""
     from seg2.data.datasets import register_synthetic
+
     from .common import REPO_ROOT
 
     if data_root is None:
@@ -213,7 +215,7 @@ def run_variant(
     from seg2.modeling import sliding_window  # noqa: F401  (registers SlidingWindowSegmentor)
 
     torch.set_num_threads(2)
-    prefix = _register_data(data_root)
+    prefix = register_data(data_root)
     out = os.path.join(output_dir, variant)
     cfg = benchmark_cfg(variant, out, iters, prefix, ims_per_batch, seed, opts)
     os.makedirs(out, exist_ok=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import meta
 from .meta import CATEGORIES, IGNORE_LABEL, SPLITS
-from .scenes import MIN_SIZE, SHAPES, STUFF_IDX, TEXTURES, THING_IDX, _area_bbox, _make_scene, _rle, _segments, _split_flags
+from .scenes import MIN_SIZE, SHAPES, STUFF_IDX, TEXTURES, THING_IDX, area_bbox, make_scene, mask_rle, scene_segments, split_flags
 from .writers import (
     CityscapesWriter,
     CocoInstancesWriter,
@@ -63,21 +63,21 @@ def _generate_split(out: str, split: str, split_idx: int, seed: int, num: int, s
         SemanticWriter(out, split),
         CityscapesWriter(out, split),
     ]
-    flags = _split_flags(np.random.default_rng([seed, split_idx]), num)
+    flags = split_flags(np.random.default_rng([seed, split_idx]), num)
     images = []
     n_void = n_segments = 0
     for idx in range(num):
         # One generator per image: image i does not depend on how many images precede it.
         rng = np.random.default_rng([seed, split_idx, idx])
-        scene = _make_scene(rng, size, flags[idx])
+        scene = make_scene(rng, size, flags[idx])
         stem = f"{idx:06d}"
         Image.fromarray(scene.image).save(os.path.join(image_dir, stem + ".png"))
         images.append({"id": idx, "file_name": stem + ".png", "height": size, "width": size})
-        pan, segments, kept = _segments(scene, rng)
+        pan, segments, kept = scene_segments(scene, rng)
         n_void += int((pan == 0).any())
         n_segments += len(segments)
         for seg in segments:
-            area, bbox = _area_bbox(_rle(seg["mask"]))
+            area, bbox = area_bbox(mask_rle(seg["mask"]))
             seg.update(area=area, bbox=[int(v) for v in bbox])
         for w in writers:
             w.add(idx, stem, scene, pan, segments, kept)
@@ -92,7 +92,7 @@ def _generate_split(out: str, split: str, split_idx: int, seed: int, num: int, s
 
 
 def generate(
-    output_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 50, size: int = 128
+    output_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 300, size: int = 128
 ) -> None:
     """Write the synthetic dataset under ``output_dir``; byte-identical for a given seed.
 

@@ -18,14 +18,14 @@ from .meta import CATEGORIES
 from .shapes import (
     MIN_AREA,
     THING_IDX,
-    _crowd,
-    _dilate4,
-    _make_object,
-    _Object,
-    _overlapping_pair,
-    _touching_pair,
-    _union,
-    _void_blob,
+    make_crowd,
+    dilate4,
+    make_object,
+    SceneObject,
+    overlapping_pair,
+    touching_pair,
+    union_mask,
+    void_blob,
 )
 
 STUFF_IDX = [i for i, c in enumerate(CATEGORIES) if not c["isthing"]]
@@ -43,7 +43,7 @@ class _Scene:
     regions: np.ndarray  # (H, W) int: Voronoi cell index
     region_cats: List[int]  # contiguous stuff class of each cell
     void: np.ndarray  # (H, W) bool: the void blob (before things are drawn over it)
-    objects: List[_Object] = field(default_factory=list)  # in drawing (z) order
+    objects: List[SceneObject] = field(default_factory=list)  # in drawing (z) order
 
 
 # ------------------------------------------------------------------------------ textures
@@ -95,7 +95,7 @@ class _Flags:
     overlap: bool
 
 
-def _split_flags(rng, n: int) -> List[_Flags]:
+def split_flags(rng, n: int) -> List[_Flags]:
     """Per-image cases; a split of >= 4 images gets each case in at least one image."""
     probs = (P_CROWD, P_VOID, P_TOUCH, P_OVERLAP)
     table = rng.random((n, 4)) < np.array(probs)
@@ -107,26 +107,26 @@ def _split_flags(rng, n: int) -> List[_Flags]:
     return [_Flags(*map(bool, row)) for row in table]
 
 
-def _make_scene(rng, size: int, flags: _Flags) -> _Scene:
+def make_scene(rng, size: int, flags: _Flags) -> _Scene:
     # Geometry first, so the special cases can be kept clear of each other. Things are drawn
     # bottom to top: free objects, the overlapping pair, the touching pair, the crowd; each
     # special case avoids the earlier ones, so none of them is hidden by another.
     empty = np.zeros((size, size), bool)
-    overlap = _overlapping_pair(rng, size) if flags.overlap else []
-    taken = _dilate4(_union(overlap, size))
-    touch = _touching_pair(rng, size, taken) if flags.touch else []
-    taken = _dilate4(_union(overlap + touch, size))
-    crowd = _crowd(rng, size, taken) if flags.crowd else []
-    free: List[_Object] = []
+    overlap = overlapping_pair(rng, size) if flags.overlap else []
+    taken = dilate4(union_mask(overlap, size))
+    touch = touching_pair(rng, size, taken) if flags.touch else []
+    taken = dilate4(union_mask(overlap + touch, size))
+    crowd = make_crowd(rng, size, taken) if flags.crowd else []
+    free: List[SceneObject] = []
     for _ in range(max(int(rng.integers(3, 9)) - len(overlap) - len(touch), 0)):
         for _ in range(20):  # prefer spots that hide little of the other free objects
-            obj = _make_object(rng, int(rng.choice(THING_IDX)), size)
-            if (obj.full & _union(free, size)).sum() <= 0.3 * obj.full.sum():
+            obj = make_object(rng, int(rng.choice(THING_IDX)), size)
+            if (obj.full & union_mask(free, size)).sum() <= 0.3 * obj.full.sum():
                 break
         free.append(obj)
     objects = free + overlap + touch + crowd
-    things = _union(objects, size)
-    void = _void_blob(rng, size, things) if flags.void else empty
+    things = union_mask(objects, size)
+    void = void_blob(rng, size, things) if flags.void else empty
 
     # Stuff: Voronoi cells of 2-4 random seeds, each a random texture class.
     n_regions = int(rng.integers(2, 5))
@@ -164,17 +164,17 @@ def _make_scene(rng, size: int, flags: _Flags) -> _Scene:
 # ------------------------------------------------------------------------------ encoders
 
 
-def _rle(mask: np.ndarray) -> Dict:
+def mask_rle(mask: np.ndarray) -> Dict:
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("utf-8")
     return rle
 
 
-def _area_bbox(rle: Dict) -> Tuple[int, List[float]]:
+def area_bbox(rle: Dict) -> Tuple[int, List[float]]:
     return int(mask_util.area(rle)), [float(v) for v in mask_util.toBbox(rle)]
 
 
-def _segments(scene: _Scene, rng) -> Tuple[np.ndarray, List[Dict], List[_Object]]:
+def scene_segments(scene: _Scene, rng) -> Tuple[np.ndarray, List[Dict], List[SceneObject]]:
     """Panoptic id map (H, W) int64, segment dicts (with ``mask``) and the annotated objects.
 
     Segment ids are distinct random values in [256, 2^24), so no id can be mistaken for a
@@ -206,7 +206,7 @@ def _segments(scene: _Scene, rng) -> Tuple[np.ndarray, List[Dict], List[_Object]
     return pan, segments, kept
 
 
-def _contours(mask: np.ndarray) -> List[List[List[int]]]:
+def mask_polygons(mask: np.ndarray) -> List[List[List[int]]]:
     """Outer contours of a mask as Cityscapes polygons ([[x, y], ...], >= 3 points each)."""
     found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polys = []

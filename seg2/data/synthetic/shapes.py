@@ -22,7 +22,7 @@ CROWD_SIZE = (6, 10)
 
 
 @dataclass
-class _Object:
+class SceneObject:
     """One thing instance, or one crowd region when ``iscrowd``."""
 
     cat: int  # contiguous index into CATEGORIES
@@ -68,7 +68,7 @@ def _random_centre(rng: np.random.Generator, radius: float, size: int) -> Tuple[
     return float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))
 
 
-def _make_object(rng, cat: int, size: int, centre=None, extent=None) -> _Object:
+def make_object(rng, cat: int, size: int, centre=None, extent=None) -> SceneObject:
     shape = CATEGORIES[cat]["name"]
     extent = float(extent if extent is not None else rng.uniform(*OBJ_SIZE) * size / REF_SIZE)
     angle = float(rng.uniform(0, 2 * np.pi))
@@ -76,21 +76,21 @@ def _make_object(rng, cat: int, size: int, centre=None, extent=None) -> _Object:
         centre if centre is not None else _random_centre(rng, _circumradius(shape, extent), size)
     )
     poly = _shape_polygon(shape, cx, cy, extent, angle)
-    return _Object(cat, [poly], _rasterize([poly], size))
+    return SceneObject(cat, [poly], _rasterize([poly], size))
 
 
 def _inside(cx: float, cy: float, radius: float, size: int) -> bool:
     return radius + 1 <= cx <= size - radius - 1 and radius + 1 <= cy <= size - radius - 1
 
 
-def _union(objects: Sequence[_Object], size: int) -> np.ndarray:
+def union_mask(objects: Sequence[SceneObject], size: int) -> np.ndarray:
     out = np.zeros((size, size), bool)
     for obj in objects:
         out |= obj.full
     return out
 
 
-def _dilate4(mask: np.ndarray) -> np.ndarray:
+def dilate4(mask: np.ndarray) -> np.ndarray:
     """Mask grown by one pixel along rows and columns (4-neighbourhood)."""
     out = mask.copy()
     out[1:] |= mask[:-1]
@@ -100,7 +100,7 @@ def _dilate4(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _touching_pair(rng, size: int, avoid: np.ndarray, tries: int = 100) -> List[_Object]:
+def touching_pair(rng, size: int, avoid: np.ndarray, tries: int = 100) -> List[SceneObject]:
     """Two same-class objects whose masks are disjoint but 4-adjacent, both clear of ``avoid``.
 
     B starts clear of A in a direction pointing roughly into the image and is slid towards A
@@ -111,7 +111,7 @@ def _touching_pair(rng, size: int, avoid: np.ndarray, tries: int = 100) -> List[
         shape = CATEGORIES[cat]["name"]
         ext_a, ext_b = rng.uniform(16, OBJ_SIZE[1] - 8, size=2) * size / REF_SIZE
         r_a, r_b = _circumradius(shape, ext_a), _circumradius(shape, ext_b)
-        a = _make_object(rng, cat, size, extent=ext_a)
+        a = make_object(rng, cat, size, extent=ext_a)
         if (a.full & avoid).any():
             continue
         ax, ay = float(np.mean(a.polygons[0][0::2])), float(np.mean(a.polygons[0][1::2]))
@@ -132,33 +132,33 @@ def _touching_pair(rng, size: int, avoid: np.ndarray, tries: int = 100) -> List[
         if not _inside(cx, cy, r_b, size):
             continue
         poly, full = place(hi)
-        if (full & a.full).any() or not (full & _dilate4(a.full)).any() or (full & avoid).any():
+        if (full & a.full).any() or not (full & dilate4(a.full)).any() or (full & avoid).any():
             continue
-        return [a, _Object(cat, [poly], full)]
+        return [a, SceneObject(cat, [poly], full)]
     return []
 
 
-def _overlapping_pair(rng, size: int, tries: int = 30) -> List[_Object]:
+def overlapping_pair(rng, size: int, tries: int = 30) -> List[SceneObject]:
     """Two same-class objects, B drawn over part (not all) of A; A keeps >= 2 MIN_AREA px."""
     for _ in range(tries):
         cat = int(rng.choice(THING_IDX))
         shape = CATEGORIES[cat]["name"]
         ext_a, ext_b = rng.uniform(20, OBJ_SIZE[1], size=2) * size / REF_SIZE
-        a = _make_object(rng, cat, size, extent=ext_a)
+        a = make_object(rng, cat, size, extent=ext_a)
         ax, ay = float(np.mean(a.polygons[0][0::2])), float(np.mean(a.polygons[0][1::2]))
         d = rng.uniform(0.35, 0.7) * (_circumradius(shape, ext_a) + _circumradius(shape, ext_b))
         theta = rng.uniform(0, 2 * np.pi)
         cx, cy = ax + d * np.cos(theta), ay + d * np.sin(theta)
         if not _inside(cx, cy, _circumradius(shape, ext_b), size):
             continue
-        b = _make_object(rng, cat, size, centre=(cx, cy), extent=ext_b)
+        b = make_object(rng, cat, size, centre=(cx, cy), extent=ext_b)
         hidden = (a.full & b.full).sum()
         if hidden > 0 and (a.full & ~b.full).sum() >= 2 * MIN_AREA:
             return [a, b]
     return []
 
 
-def _crowd(rng, size: int, avoid: np.ndarray, tries: int = 30) -> List[_Object]:
+def make_crowd(rng, size: int, avoid: np.ndarray, tries: int = 30) -> List[SceneObject]:
     """4-8 small same-class shapes in a cluster, annotated as one ``iscrowd=1`` region.
 
     The cluster keeps clear of ``avoid`` and covers at least 2 MIN_AREA px.
@@ -178,11 +178,11 @@ def _crowd(rng, size: int, avoid: np.ndarray, tries: int = 30) -> List[_Object]:
             )
         full = _rasterize(polys, size)
         if full.sum() >= 2 * MIN_AREA and not (full & avoid).any():
-            return [_Object(cat, polys, full, iscrowd=1)]
+            return [SceneObject(cat, polys, full, iscrowd=1)]
     return []
 
 
-def _void_blob(rng, size: int, things: np.ndarray, tries: int = 30) -> np.ndarray:
+def void_blob(rng, size: int, things: np.ndarray, tries: int = 30) -> np.ndarray:
     """(H, W) bool union of 1-3 discs, at least half of it left uncovered by ``things``."""
     scale = size / REF_SIZE
     y, x = np.mgrid[0:size, 0:size]

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ...structures.panoptic import id2rgb
 from .meta import CATEGORIES, CITY, IGNORE_LABEL
-from .scenes import _area_bbox, _contours, _rle
+from .scenes import area_bbox, mask_polygons, mask_rle
 
 __all__ = ["CocoInstancesWriter", "CocoPanopticWriter", "SemanticWriter", "CityscapesWriter"]
 
@@ -52,8 +52,8 @@ class CocoInstancesWriter:
 
     def add(self, idx: int, stem: str, scene, pan: np.ndarray, segments: List[Dict], kept) -> None:
         for obj in kept:
-            rle = _rle(obj.visible)
-            area, bbox = _area_bbox(rle)
+            rle = mask_rle(obj.visible)
+            area, bbox = area_bbox(rle)
             unoccluded = not obj.iscrowd and np.array_equal(obj.visible, obj.full)
             self.n_crowd += obj.iscrowd
             self.annotations.append(
@@ -160,7 +160,8 @@ class CityscapesWriter:
         self.lut_colour = np.zeros((256, 4), np.uint8)
         self.lut_colour[:, 3] = 255
         for i, lab in enumerate(self.labels):
-            self.lut_id[i], self.lut_train[i], self.lut_colour[i, :3] = lab.id, lab.trainId, lab.color
+            self.lut_id[i], self.lut_train[i] = lab.id, lab.trainId
+            self.lut_colour[i, :3] = lab.color
         self.lut_id[IGNORE_LABEL], self.lut_colour[IGNORE_LABEL, :3] = self.void.id, self.void.color
         self.count = 0
 
@@ -173,21 +174,21 @@ class CityscapesWriter:
         objects_json = [
             {"label": self.labels[cat].name, "polygon": poly}
             for r, cat in enumerate(scene.region_cats)
-            for poly in _contours(scene.regions == r)
+            for poly in mask_polygons(scene.regions == r)
         ]
-        objects_json += [{"label": self.void.name, "polygon": p} for p in _contours(scene.void)]
+        objects_json += [{"label": self.void.name, "polygon": p} for p in mask_polygons(scene.void)]
         for obj in scene.objects:
             lab = self.labels[obj.cat]
             if not obj.kept:
-                name, polys = self.void.name, _contours(obj.full)
+                name, polys = self.void.name, mask_polygons(obj.full)
             elif obj.iscrowd:
-                name, polys = lab.name + "group", _contours(obj.full)
+                name, polys = lab.name + "group", mask_polygons(obj.full)
             else:
                 k = counters.get(lab.id, 0)
                 counters[lab.id] = k + 1
                 inst[obj.visible] = lab.id * 1000 + k
                 # One polygon per instance, or json2instanceImg would count it twice.
-                name, polys = lab.name, [max(_contours(obj.full), key=len)]
+                name, polys = lab.name, [max(mask_polygons(obj.full), key=len)]
             objects_json += [{"label": name, "polygon": p} for p in polys]
         gt = os.path.join(self.gt_dir, cs_stem + "_gtFine_")
         Image.fromarray(self.lut_id[sem], "L").save(gt + "labelIds.png")
@@ -208,7 +209,8 @@ class CityscapesWriter:
             from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 
             with contextlib.redirect_stdout(io.StringIO()):
-                convert2panoptic(os.path.join(self.out, "cityscapes", "gtFine"), setNames=[self.split])
+                gt_fine = os.path.join(self.out, "cityscapes", "gtFine")
+                convert2panoptic(gt_fine, setNames=[self.split])
 
 
 def clear_split(out: str, split: str) -> None:

@@ -12,13 +12,13 @@ that names where the value came from and what would be valid.
 import difflib
 import logging
 import os
-import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode
 
-from .io import InputError
+from ..io import InputError
+from .checkpoint import checkpoint_problem
 
 __all__ = ["ConfigError", "merge_config_file", "merge_config_list", "check_config", "nearest"]
 
@@ -79,86 +79,104 @@ def _suggest_key(bad: str, cfg: CfgNode) -> str:
     return f"; did you mean {' or '.join(prefix + h for h in hits)}?" if hits else ""
 
 
-# ---- which file of a _BASE_ chain holds a key
+# ---- merge errors: which key, and which file of the _BASE_ chain holds it
 
 
-def _base_chain(path: str) -> List[Tuple[str, Dict]]:
-    """[(file, its YAML mapping)] from the leaf down its ``_BASE_`` chain (Detectron2's
-    resolution: relative to the including file)."""
-    chain: List[Tuple[str, Dict]] = []
-    while path and "://" not in path and len(chain) < 32:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError):
-            break
-        if not isinstance(data, dict):
-            break
-        chain.append((path, data))
-        base = data.get("_BASE_")
-        if not isinstance(base, str):
-            break
-        base = os.path.expanduser(base)
-        if not os.path.isabs(base) and "://" not in base:
-            base = os.path.join(os.path.dirname(path), base)
-        path = base
-    return chain
+def load_config_chain(config_file: str, files: List[str]) -> Dict:
+    """The YAML of ``config_file`` merged with its ``_BASE_`` chain, by Detectron2's own
+    ``load_yaml_with_base``; ``files`` receives the files it opens, leaf first."""
+
+    class Recorder(CfgNode):
+        @classmethod
+        def load_yaml_with_base(cls, filename, allow_unsafe=False):
+            files.append(filename)
+            return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+    return Recorder.load_yaml_with_base(config_file, allow_unsafe=True)
 
 
-def _holds(data: Dict, dotted: str) -> bool:
+def _leaves(cfg: CfgNode, data: Dict, prefix: str = "") -> Iterable[Tuple[str, object]]:
+    """(dotted key, value) of every value in ``data``, descending where ``cfg`` has a node."""
+    for key, value in data.items():
+        if key == "_BASE_" and not prefix:
+            continue
+        node = cfg.get(key) if isinstance(cfg, dict) else None
+        if isinstance(value, dict) and isinstance(node, CfgNode):
+            yield from _leaves(node, value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _has_key(cfg: CfgNode, dotted: str) -> bool:
+    node = cfg
     for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
+        if not isinstance(node, dict) or part not in node:
             return False
-        data = data[part]
+        node = node[part]
     return True
 
 
-def _file_with_key(config_file: str, dotted: str) -> str:
-    """The file of the chain that sets ``dotted`` (leaf-most first), else the leaf."""
-    for path, data in _base_chain(config_file):
-        if _holds(data, dotted):
-            return path
-    return config_file
+def _nested(dotted: str, value) -> Dict:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
 
 
-_UNKNOWN = re.compile(r"Non-existent (?:config )?key: (\S+)")
-_RENAMED = re.compile(r"Key (\S+) was renamed")
-_MISMATCH = re.compile(r"for config key: (\S+)")
-
-
-def _explain(exc: BaseException, cfg: CfgNode, where) -> Optional[ConfigError]:
-    """A ConfigError for a yacs/Detectron2 merge error; ``where(key)`` names the source."""
-    msg = str(exc.args[0]) if exc.args else str(exc)
-    m = _UNKNOWN.search(msg)
-    if m:
-        key = m.group(1)
-        return ConfigError(f"{where(key)}: unknown config key {key}{_suggest_key(key, cfg)}")
-    m = _RENAMED.search(msg) or _MISMATCH.search(msg)
-    if m:
-        return ConfigError(f"{where(m.group(1))}: {msg}")
+def _refused(cfg: CfgNode, key: str, merge) -> Optional[str]:
+    """Why ``cfg`` refuses ``key`` (None if it takes it): merged alone into a copy."""
+    if cfg.key_is_deprecated(key):
+        return None
+    if cfg.key_is_renamed(key):
+        return f"config key {key} was renamed"
+    if not _has_key(cfg, key):
+        return f"unknown config key {key}{_suggest_key(key, cfg)}"
+    try:
+        merge(cfg.clone())
+    except (KeyError, ValueError, AssertionError, TypeError):
+        default = _get(cfg, key)
+        return (
+            f"config key {key}: the value does not fit its type "
+            f"{type(default).__name__} (default {default!r})"
+        )
     return None
 
 
+def _file_with_key(files: Sequence[str], dotted: str) -> str:
+    """The leaf-most file of the chain whose own YAML sets ``dotted``."""
+    for path in files:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and _has_key(CfgNode(data), dotted):
+            return path
+    return files[0]
+
+
 def merge_config_file(cfg: CfgNode, config_file: str) -> CfgNode:
-    """``cfg.merge_from_file`` whose errors name the YAML file that holds the bad key."""
+    """``cfg.merge_from_file`` whose errors name the key and the YAML file of the ``_BASE_``
+    chain that sets it."""
     if not os.path.isfile(config_file):
         raise ConfigError(f"{config_file}: config file not found")
+    files: List[str] = []
     try:
-        cfg.merge_from_file(config_file)
+        merged = load_config_chain(config_file, files)
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed YAML: {e}".replace("\n", " ")) from None
-    except (KeyError, ValueError, AssertionError) as e:
-        err = _explain(e, cfg, lambda key: _file_with_key(config_file, key))
-        if err is None:
-            raise
-        raise err from None
-    except (FileNotFoundError, OSError) as e:
-        # a _BASE_ that does not exist: say which file asked for it
-        missing = getattr(e, "filename", None) or str(e)
-        asking = [p for p, d in _base_chain(config_file) if d.get("_BASE_")]
-        raise ConfigError(
-            f"{asking[-1] if asking else config_file}: _BASE_ file not found: {missing}"
-        ) from None
+    except OSError as e:  # a _BASE_ that does not exist: the file before it asked for it
+        asking = files[-2] if len(files) > 1 else config_file
+        raise ConfigError(f"{asking}: _BASE_ file not found: {e.filename or e}") from None
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError, TypeError):
+        for key, value in _leaves(cfg, merged):
+            why = _refused(
+                cfg, key, lambda c: c.merge_from_other_cfg(CfgNode(_nested(key, value)))
+            )
+            if why:
+                raise ConfigError(f"{_file_with_key(files, key)}: {why}") from None
+        raise
     return cfg
 
 
@@ -170,11 +188,12 @@ def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
         )
     try:
         cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        err = _explain(e, cfg, lambda key: "command line")
-        if err is None:
-            raise
-        raise err from None
+    except (KeyError, ValueError, AssertionError, TypeError):
+        for key, value in zip(opts[0::2], opts[1::2]):
+            why = _refused(cfg, key, lambda c: c.merge_from_list([key, value]))
+            if why:
+                raise ConfigError(f"command line: {why}") from None
+        raise
     return cfg
 
 
@@ -192,8 +211,8 @@ def _registries():
         SEM_SEG_HEADS_REGISTRY,
     )
 
-    from .modeling.fusion import FUSION_REGISTRY
-    from .modeling.upsample import UPSAMPLE_REGISTRY, upsample_names
+    from ..modeling.fusion import FUSION_REGISTRY
+    from ..modeling.upsample import UPSAMPLE_REGISTRY, upsample_names
 
     def names(registry):
         return [n for n, _ in registry]
@@ -259,7 +278,7 @@ def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
     (that class would never be learnt); more only a note."""
     from detectron2.data import MetadataCatalog
 
-    from .capabilities import model_capabilities
+    from ..capabilities import model_capabilities
 
     caps = model_capabilities(cfg)
     heads = []
@@ -283,33 +302,6 @@ def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
             if value < needed:
                 raise ConfigError(f"{key} = {value} is too small: {what}; set {key} {needed}")
             logger.warning(f"{key} = {value} is more than needed: {what}")
-
-
-def checkpoint_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be a checkpoint (None if it looks readable): missing, a torch zip
-    archive that is truncated or fails its CRC check, or neither zip nor pickle."""
-    import zipfile
-
-    if not os.path.isfile(path):
-        return "file not found"
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
-                if bad is not None:
-                    return f"corrupt checkpoint (member {bad} fails its CRC check)"
-                if not any(n.endswith("data.pkl") for n in z.namelist()):
-                    return "a zip archive, but not a torch checkpoint (no data.pkl)"
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            return f"unreadable checkpoint ({e})"
-        return None
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] != b"\x80":  # pickle protocol 2+: legacy torch files and Detectron2's .pkl
-        if head[:2] == b"PK":
-            return "truncated checkpoint (zip archive without its end record)"
-        return "not a checkpoint (neither a torch zip archive nor a pickle)"
-    return None
 
 
 def check_weights(cfg: CfgNode) -> None:

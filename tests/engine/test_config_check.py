@@ -1,4 +1,4 @@
-"""seg2.config_check: each config problem is one ConfigError naming where it came from and
+"""seg2.engine.config_check: each config problem is one ConfigError naming where it came from and
 the nearest valid alternative; the shipped configs raise none."""
 
 import os
@@ -8,7 +8,7 @@ import unittest
 import torch
 
 import seg2  # noqa: F401  (registers heads, fusions, datasets)
-from seg2.config_check import (
+from seg2.engine.config_check import (
     ConfigError,
     check_config,
     check_num_classes,
