@@ -62,6 +62,7 @@ def main(args):
 
 
 def run(cfg, args):
+    """Evaluate (--eval-only) or train, then write the results (this process's part)."""
     if args.eval_only:
         model = Seg2Trainer.build_model(cfg)
         AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

@@ -2,6 +2,7 @@
 lock of a process that died (SIGKILL: it released nothing) is taken over; release removes the
 file. The holder is a forked process, as another run would be."""
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -14,10 +15,11 @@ from seg2.engine.run_lock import LOCK_FILE, OutputDirLock
 from seg2.io import InputError
 
 
-def _hold(output_dir, ready, done):
+def _hold(output_dir, ready, conn):
     lock = OutputDirLock(output_dir).acquire()
     ready.set()
-    done.wait(60)
+    with contextlib.suppress(EOFError):
+        conn.recv()  # until the test says so (a pipe: the test may SIGKILL this process)
     lock.release()
 
 
@@ -25,14 +27,16 @@ class TestOutputDirLock(unittest.TestCase):
     def setUp(self):
         self.dir = os.path.join(tempfile.mkdtemp(), "out")
         ctx = multiprocessing.get_context("fork")
-        self.ready, self.done = ctx.Event(), ctx.Event()
-        self.holder = ctx.Process(target=_hold, args=(self.dir, self.ready, self.done))
+        self.ready = ctx.Event()
+        self.release, conn = ctx.Pipe()
+        self.holder = ctx.Process(target=_hold, args=(self.dir, self.ready, conn))
         self.holder.start()
         self.assertTrue(self.ready.wait(60))
 
     def tearDown(self):
-        self.done.set()
-        self.holder.join(10)
+        if self.holder.is_alive():
+            self.release.send(None)
+            self.holder.join(10)
 
     def test_busy_then_released(self):
         with self.assertRaises(InputError) as ctx:
@@ -41,7 +45,7 @@ class TestOutputDirLock(unittest.TestCase):
         self.assertIn(f"OUTPUT_DIR {self.dir} is in use by another run", msg)
         self.assertIn(f"PID {self.holder.pid} on {socket.gethostname()}", msg)
         self.assertNotIn("\n", msg)
-        self.done.set()
+        self.release.send(None)
         self.holder.join(10)
         self.assertEqual(self.holder.exitcode, 0)
         self.assertFalse(os.path.exists(os.path.join(self.dir, LOCK_FILE)))  # released
