@@ -133,6 +133,9 @@ def add_seg2_config(cfg: CN) -> CN:
     cfg.DATASETS.SEG2.SEMANTIC = []
     # Cityscapes root; empty = $DETECTRON2_DATASETS/cityscapes (Detectron2's convention).
     cfg.DATASETS.SEG2.CITYSCAPES_ROOT = ""
+    # Cityscapes instance masks from the *_gtFine_polygons.json files (then required for every
+    # image; drawn as cityscapesscripts' json2instanceImg does) instead of *_instanceIds.png.
+    cfg.DATASETS.SEG2.CITYSCAPES_POLYGONS = False
     # ---- validation (seg2.data.validate): every dataset is checked once before the first
     # iteration (ids, references, segmentations, boxes, image files, PNG<->JSON agreement).
     # What a broken sample does: "error" stops the run listing every problem found;

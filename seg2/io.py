@@ -34,6 +34,7 @@ __all__ = [
     "read_label",
     "read_panoptic_png",
     "atomic_open",
+    "output_folder_problem",
     "write_json",
     "write_png",
 ]
@@ -332,6 +333,25 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def output_folder_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be (or become) a folder to write into, None if it can: it, or a
+    folder it would be created in, is a file, or the nearest existing folder is not
+    writable. Checked before a run starts, so it does not fail after its first hour."""
+    if not path:
+        return "empty path"
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    if not os.path.isdir(current):
+        return f"{'' if current == os.path.abspath(path) else current + ' '}is a file"
+    if not os.access(current, os.W_OK | os.X_OK):
+        return f"{'' if current == os.path.abspath(path) else current + ' '}is not writable"
+    return None
 
 
 def write_json(obj: Any, path: str, indent: Optional[int] = 2) -> str:

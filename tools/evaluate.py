@@ -15,18 +15,15 @@ Semantic runs also write ``sem_seg_confusion.{csv,png}`` next to the JSON. Bad i
 stops with one line naming the file on stderr and exit status 2.
 """
 import argparse
+import importlib.util
 import os
 import sys
 from typing import Dict, List, Optional
 
-try:
-    import seg2  # noqa: F401
-except ImportError:  # run from a checkout without installing
+# Only the standard library at import time, so that --help answers at once; seg2 (torch,
+# Detectron2) is imported when a command runs.
+if importlib.util.find_spec("seg2") is None:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seg2.evaluation.offline import format_results
-from seg2.io import write_json
-from seg2.utils.cli import add_debug_argument, run_cli, set_debug, user_errors
 
 CITYSCAPES_KEYS = {
     "cityscapes-instance": ("instance", "cityscapes_instance"),
@@ -34,14 +31,46 @@ CITYSCAPES_KEYS = {
     "cityscapes-panoptic": ("panoptic", "cityscapes_panoptic_seg"),
 }
 
+CITYSCAPES_HELP = {
+    "cityscapes-instance": "instance AP, AP50 by cityscapesscripts",
+    "cityscapes-semantic": "IoU, iIoU per class by cityscapesscripts",
+    "cityscapes-panoptic": "PQ, SQ, RQ (equal to cityscapesscripts')",
+}
+
+PRED_DIR_HELP = {
+    "semantic": "single-channel PNGs of class ids 0..K-1 (the ignore label = no prediction), "
+    "one per --gt-dir PNG at the same relative path",
+    "panoptic": "the RGB PNGs named by --pred-json (segment id = R + 256 G + 256^2 B, 0 = void)",
+    "cityscapes-instance": "per image one <city>_<seq>_<frame>*.txt (searched recursively) whose "
+    "lines are '<mask PNG, relative to the txt> <Cityscapes label id> <score>'; each mask an "
+    "image-sized single-channel PNG, non-zero = the instance",
+    "cityscapes-semantic": "per image one image-sized <city>_<seq>_<frame>*.png (searched "
+    "recursively) of Cityscapes label ids (7 = road, 26 = car; not train ids)",
+    "cityscapes-panoptic": "holds cityscapes_panoptic_<split>.json (COCO panoptic: image_id = "
+    "<city>_<seq>_<frame>, category_id = Cityscapes label id) and the folder of the same name "
+    "with its RGB PNGs (segment id = R + 256 G + 256^2 B)",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    import textwrap
+
+    epilog = "--pred-dir, per command (details: COMMAND --help):\n" + "\n".join(
+        textwrap.fill(
+            f"{name}: {text}", width=94, initial_indent="  ", subsequent_indent="      "
+        )
+        for name, text in PRED_DIR_HELP.items()
+    )
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("semantic", help="label PNGs matched by file name")
-    p.add_argument("--gt-dir", required=True)
-    p.add_argument("--pred-dir", required=True)
+    p.add_argument("--gt-dir", required=True, help="ground-truth label PNGs (searched recursively)")
+    p.add_argument("--pred-dir", required=True, help=PRED_DIR_HELP["semantic"])
     p.add_argument("--num-classes", type=int, required=True)
     p.add_argument("--ignore-label", type=int, default=255)
     p.add_argument("--class-names", nargs="+", help="K names (or one comma-separated string)")
@@ -54,15 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("panoptic", help="COCO panoptic predictions (JSON + PNG folder)")
     p.add_argument("--gt-json", required=True)
-    p.add_argument("--gt-dir", required=True)
+    p.add_argument("--gt-dir", required=True, help="the ground-truth panoptic PNGs")
     p.add_argument("--pred-json", required=True)
-    p.add_argument("--pred-dir", required=True)
+    p.add_argument("--pred-dir", required=True, help=PRED_DIR_HELP["panoptic"])
     p.add_argument("--num-workers", type=int, default=None)
 
     for name in CITYSCAPES_KEYS:
-        p = sub.add_parser(name, help="official cityscapesscripts evaluation")
-        p.add_argument("--gt-root", required=True, help="Cityscapes root holding gtFine/")
-        p.add_argument("--pred-dir", required=True)
+        p = sub.add_parser(name, help=CITYSCAPES_HELP[name])
+        p.add_argument(
+            "--gt-root", required=True, help="Cityscapes root holding gtFine/<split>/<city>/"
+        )
+        p.add_argument("--pred-dir", required=True, help=PRED_DIR_HELP[name])
         p.add_argument("--split", default="val")
         if name == "cityscapes-panoptic":
             p.add_argument("--pred-json", help="default PRED/cityscapes_panoptic_<split>.json")
@@ -70,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in sub.choices.values():
         p.add_argument("--output", help="metrics JSON to write (default: print only)")
-        add_debug_argument(p)
+        # seg2.utils.cli.add_debug_argument's flag, declared here to keep seg2 out of --help.
+        p.add_argument(
+            "--debug", action="store_true", help="show tracebacks of user errors (SEG2_DEBUG=1)"
+        )
     return parser
 
 
@@ -119,10 +153,20 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
     return {key: res}
 
 
-@user_errors(return_code=True)
 def main(argv: Optional[List[str]] = None) -> int:
+    """Parse (usage errors and --help end here, without importing seg2), then score; bad
+    input returns exit status 2 after one line on stderr."""
     args = build_parser().parse_args(argv)
+    from seg2.utils.cli import set_debug, user_errors
+
     set_debug(args.debug)
+    return user_errors(_run, return_code=True)(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from seg2.evaluation.offline import format_results
+    from seg2.io import write_json
+
     results = evaluate(args)
     if args.command == "panoptic":
         from seg2.evaluation.pq_files import format_pq_table
@@ -137,4 +181,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Export a trained model to TorchScript.
 
-    python tools/export_model.py --config-file CFG --output DIR [--format torchscript] \\
-        [--sample-image IMG] [KEY VALUE ...]            # e.g. MODEL.WEIGHTS model_final.pth
+    python tools/export_model.py --output DIR MODEL.WEIGHTS model_final.pth \\
+        [--config-file CFG] [--format torchscript] [--sample-image IMG] [KEY VALUE ...]
 
-Writes DIR/model.ts (with its manifest inside) and DIR/seg2_export.json. The model is
+A checkpoint written by seg2's training carries its config and classes, so MODEL.WEIGHTS
+alone is enough (--config-file for other checkpoints); a checkpoint whose shapes do not fit
+the given config is refused. Writes DIR/model.ts (with its manifest inside: input format
+and size, class names and the dataset's category ids...) and DIR/seg2_export.json. The model is
 traced on --sample-image (default: the first image of DATASETS.TEST[0]) after the test
 resize; seg2's semantic heads then need that input size, which seg2.export.ExportedModel
 pads to. Run the file with:
@@ -32,7 +35,12 @@ logger = logging.getLogger("seg2")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help="the model's config (default: the one stored in MODEL.WEIGHTS)",
+    )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--format", choices=["torchscript"], default="torchscript")
     p.add_argument("--sample-image", help="image to trace on (default: first of DATASETS.TEST[0])")
@@ -51,27 +59,41 @@ def sample_path(cfg, given: Optional[str]) -> str:
 
 
 def run(args) -> int:
+    import functools
+
     import numpy as np
     import torch
     from detectron2.data import transforms as T
     from detectron2.utils.logger import setup_logger
 
     from seg2.data.augmentations import build_augmentations
+    from seg2.engine import AtomicCheckpointer
     from seg2.engine.defaults import setup_cfg
+    from seg2.engine.trained_model import model_metadata
     from seg2.export import export_torchscript
     from seg2.inference import BatchPredictor
     from seg2.io import read_image
 
     args.eval_only, args.resume = True, False
-    cfg = setup_cfg(_with_output(args))
+    # datasets only for the default sample image (DATASETS.TEST[0])
+    needed = not args.sample_image
+    cfg = setup_cfg(
+        _with_output(args), validate=None if needed else (), datasets=needed, test_classes=False
+    )
     setup_logger(name="detectron2", abbrev_name="d2")
-    model = BatchPredictor(cfg).model  # built, weights loaded, eval mode
+    try:
+        _, metadata = model_metadata(cfg)
+    except InputError as e:  # an export without class names still runs
+        logger.warning(f"{e}; the manifest names no classes")
+        metadata = None
+    # built, weights loaded (a checkpoint that does not fit the config is refused), eval mode
+    model = BatchPredictor(cfg, functools.partial(AtomicCheckpointer, strict_shapes=True)).model
     path = sample_path(cfg, args.sample_image)
     image = read_image(path, cfg.INPUT.FORMAT)
     aug = T.AugInput(image)
     T.AugmentationList(build_augmentations(cfg, is_train=False))(aug)
     tensor = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1))).float()
-    manifest = export_torchscript(cfg, model, tensor, args.output)
+    manifest = export_torchscript(cfg, model, tensor, args.output, metadata)
     logger.info(
         f"Exported {manifest['meta_architecture']} ({manifest['kind']}) traced on {path} at "
         f"{manifest['input_size']} to {os.path.join(args.output, 'model.ts')}"

@@ -3,6 +3,10 @@
 
     python tools/train_net.py --config-file configs/X.yaml [--eval-only] [--resume] [--debug] \
         [--num-gpus N --num-machines M --machine-rank R --dist-url URL] [KEY VALUE ...]
+    python tools/train_net.py --eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth [KEY VALUE ...]
+
+A checkpoint written by seg2's training carries its config and classes: --eval-only takes
+MODEL.WEIGHTS alone (the config it was trained with, then the overrides).
 
 Evaluators are chosen from each test dataset's metadata; results land in
 OUTPUT_DIR/eval_results.json (OUTPUT_DIR/metrics.json stays Detectron2's training log) and
@@ -24,7 +28,7 @@ import seg2  # noqa: E402, F401  (first: registers heads, meta-architectures and
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
-from seg2.engine.defaults import format_metrics_table, load_cfg, setup_run, write_metrics
+from seg2.engine.defaults import build_cfg, format_metrics_table, setup_run, write_metrics
 from seg2.engine.preemption import forward_stop_signals
 from seg2.engine.run_lock import hold_output_dir
 from seg2.utils.cli import add_debug_argument, run_cli, set_debug, user_errors
@@ -55,7 +59,8 @@ def finish(cfg, model, results):
 
 @user_errors
 def main(args):
-    cfg = load_cfg(args)
+    cfg = build_cfg(args)
+    cfg.freeze()
     with hold_output_dir(cfg.OUTPUT_DIR):  # before anything is written there
         setup_run(cfg, args)
         return run(cfg, args)
@@ -65,7 +70,9 @@ def run(cfg, args):
     """Evaluate (--eval-only) or train, then write the results (this process's part)."""
     if args.eval_only:
         model = Seg2Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # strict: a checkpoint whose shapes do not fit this config is an error, not a
+        # silently re-initialised head
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_shapes=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Seg2Trainer.test(cfg, model)

@@ -136,7 +136,7 @@ class Seg2DatasetMapper:
         if self.instances:
             if "annotations" in d:
                 d["instances"] = self._instances_from_annotations(
-                    d.pop("annotations"), transforms, image_shape, source_shape
+                    d.pop("annotations"), transforms, image_shape, source_shape, d["file_name"]
                 )
             elif pan_ids is not None:
                 d["instances"] = self._instances_from_panoptic(pan_ids, d["segments_info"], image_shape)
@@ -144,8 +144,17 @@ class Seg2DatasetMapper:
             d["sem_seg_weights"] = self._weight_map(d, pan_ids, sem)
         return d
 
-    def _instances_from_annotations(self, annos, transforms, image_shape, source_shape) -> Instances:
+    def _instances_from_annotations(
+        self, annos, transforms, image_shape, source_shape, file_name: str = ""
+    ) -> Instances:
         annos = [a for a in annos if a.get("iscrowd", 0) == 0]
+        if self.instance_mask_format == "polygon" and any(
+            isinstance(a.get("segmentation"), dict) for a in annos
+        ):
+            raise InputError(
+                f"{file_name}: its instance masks are RLE (e.g. Cityscapes' instanceIds), "
+                "which INPUT.MASK_FORMAT 'polygon' cannot hold: set INPUT.MASK_FORMAT bitmask"
+            )
         if self.instance_mask_format == "bitmask":
             # Rasterise polygons before transforming: the masks are then moved exactly like the
             # semantic and panoptic PNGs, and a crop needs no polygon clipping (shapely).

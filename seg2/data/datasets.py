@@ -41,11 +41,12 @@ def register_from_config(cfg) -> None:
     """Register the datasets listed under ``DATASETS.SEG2`` (user data by path, no Python).
 
     Also registers Cityscapes from ``DATASETS.SEG2.CITYSCAPES_ROOT`` (default
-    ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``.
+    ``$DETECTRON2_DATASETS/cityscapes``) as ``cityscapes_{split}_{instance_seg,sem_seg,panoptic}``
+    (instance masks from polygon files with ``DATASETS.SEG2.CITYSCAPES_POLYGONS``).
     Already-registered names are skipped, so calling this twice (e.g. in each worker) is safe.
     """
     configure_validation(cfg)
-    register_cityscapes(cityscapes_root(cfg))
+    register_cityscapes(cityscapes_root(cfg), polygons=cfg.DATASETS.SEG2.CITYSCAPES_POLYGONS)
 
     def entries(key: str, lengths: Sequence[int]):
         for entry in getattr(cfg.DATASETS.SEG2, key):

@@ -8,7 +8,7 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -16,13 +16,26 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..io import InputError, atomic_open
 from .divergence import TrainingDivergedError
 
-__all__ = ["AtomicCheckpointer", "checkpoint_problem", "format_shape_mismatches"]
+__all__ = [
+    "AtomicCheckpointer",
+    "CONFIG_KEY",
+    "METADATA_KEY",
+    "checkpoint_problem",
+    "format_shape_mismatches",
+    "shape_mismatch_error",
+]
 
 logger = logging.getLogger("seg2")
 
 # Temporary files of seg2.io.atomic_open ("<name>.<random>.tmp") for the checkpointer's own
 # files, and the "<name>.pth.tmp" of older versions.
 _STALE_TMP = re.compile(r"^(?:.+\.pth|last_checkpoint)\.(?:[A-Za-z0-9_]+\.)?tmp$")
+
+# Extra entries of seg2's checkpoint dict, beside Detectron2's "model" and checkpointables:
+# the config a model was trained with (``cfg.dump()`` text) and its training dataset's class
+# metadata, so that the file alone rebuilds the model and names its outputs.
+CONFIG_KEY = "seg2_config"
+METADATA_KEY = "seg2_metadata"
 
 
 def checkpoint_problem(path: str) -> Optional[str]:
@@ -75,13 +88,26 @@ class AtomicCheckpointer(DetectionCheckpointer):
     Also: temporary files a killed run left behind are removed when it is created (main
     process); :meth:`get_checkpoint_file` skips a tagged file that is unreadable, falling back
     to the newest readable checkpoint; :meth:`save` refuses a model with non-finite weights, so
-    the last checkpoint written is always a usable one. Loading is Detectron2's too; a
-    checkpoint of a model with other class counts (fine-tuning) gets one summary line for its
-    re-initialised heads.
+    the last checkpoint written is always a usable one, and adds ``extra_data`` (the run's
+    config and class metadata, :mod:`seg2.engine.trained_model`) to every file. Loading is
+    Detectron2's too; a checkpoint of a model with other class counts gets one summary line
+    for its re-initialised heads when fine-tuning, and is an :class:`InputError` naming the
+    tensors and both class counts with ``strict_shapes`` (inference, evaluation, export) and
+    when resuming, where a mismatch means the wrong config.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(
+        self,
+        *args,
+        extra_data: Optional[Dict[str, Any]] = None,
+        strict_shapes: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.extra_data = dict(extra_data or {})
+        self.strict_shapes = strict_shapes
+        self._resuming = False
+        self._loading = ""  # the file being loaded, for messages
         self.path_manager = _AtomicWrites(self.path_manager)
         self._fallbacks: List[str] = []  # checkpoints to try next while resuming
         if self.save_to_disk and self.save_dir and os.path.isdir(self.save_dir):
@@ -152,16 +178,25 @@ class AtomicCheckpointer(DetectionCheckpointer):
         warning, for the next newest."""
         resuming = resume and self.has_checkpoint()
         self._fallbacks = self._resume_candidates()[1:] if resuming else []
+        self._resuming = resuming
         try:
             return super().resume_or_load(path, resume=resume)
         finally:
             self._fallbacks = []
+            self._resuming = False
+
+    def load(self, path: str, *args, **kwargs):
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = ""
 
     # ---- never save a diverged model
 
     def save(self, name: str, **kwargs: Any) -> None:
         self.check_finite_weights(kwargs.get("iteration"))
-        super().save(name, **kwargs)
+        super().save(name, **{**self.extra_data, **kwargs})
 
     def check_finite_weights(self, iteration=None) -> None:
         """Raise :class:`TrainingDivergedError` if any floating-point weight is NaN/Inf."""
@@ -194,6 +229,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         while self._fallbacks:
             other = self._fallbacks.pop(0)
             logger.warning(f"{error}; resuming from the next newest, {other}")
+            self._loading = other
             try:
                 return super()._load_file(other)
             except unreadable as e:
@@ -202,9 +238,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Any):
         """Detectron2's loading; the tensors whose shapes do not fit this model (it leaves
-        them out, so they keep their fresh initialisation) are logged as one line."""
+        them out, so they keep their fresh initialisation) are logged as one line, or, in
+        strict mode, raise an :class:`InputError`."""
+        stores_config = isinstance(checkpoint, dict) and CONFIG_KEY in checkpoint
         incompatible = super()._load_model(checkpoint)
         if incompatible is not None and incompatible.incorrect_shapes:
+            if self.strict_shapes or self._resuming:
+                raise InputError(
+                    shape_mismatch_error(
+                        self._loading,
+                        incompatible.incorrect_shapes,
+                        self._resuming,
+                        stores_config,
+                    )
+                )
             self.logger.warning(format_shape_mismatches(incompatible.incorrect_shapes))
             incompatible = incompatible._replace(incorrect_shapes=[])
         return incompatible
@@ -219,6 +266,16 @@ def format_shape_mismatches(mismatches: Sequence[Tuple[str, tuple, tuple]]) -> s
     Args:
         mismatches: ``(name, shape in checkpoint, shape in model)`` triples.
     """
+    grouped, num_modules = _group_by_module(mismatches)
+    return (
+        f"Fine-tuning: {len(mismatches)} tensors in {num_modules} modules do not fit this "
+        "model's shapes (checkpoint->model), so they were not loaded and keep their fresh "
+        "initialisation; every other matching tensor was loaded. Re-initialised: " + grouped
+    )
+
+
+def _group_by_module(mismatches: Sequence[Tuple[str, tuple, tuple]]) -> Tuple[str, int]:
+    """``"m.{weight (a)->(b), bias (c)->(d)}; ..."`` and the number of modules."""
     modules: "OrderedDict[str, List[str]]" = OrderedDict()
     for name, ckpt, model in mismatches:
         module, _, leaf = name.rpartition(".")
@@ -226,9 +283,56 @@ def format_shape_mismatches(mismatches: Sequence[Tuple[str, tuple, tuple]]) -> s
     parts = [
         f"{m}.{{{', '.join(leaves)}}}" if m else ", ".join(leaves) for m, leaves in modules.items()
     ]
+    return "; ".join(parts), len(modules)
+
+
+# Tensors whose first dimension counts a head's classes, and the rows that are not classes
+# (Detectron2's box classifier has a background row). The first one present is used.
+_CLASS_ROWS = (
+    ("roi_heads.box_predictor.cls_score.weight", "thing", 1),
+    ("roi_heads.mask_head.predictor.weight", "thing", 0),
+    ("sem_seg_head.predictor.weight", "semantic", 0),
+)
+
+
+def shape_mismatch_error(
+    path: str,
+    mismatches: Sequence[Tuple[str, tuple, tuple]],
+    resuming: bool = False,
+    stores_config: bool = True,
+) -> str:
+    """One line for a checkpoint that does not fit the model built from the config: the
+    tensors with both shapes and, from the class layers' shapes, both class counts."""
+    counts: "OrderedDict[str, Tuple[int, int]]" = OrderedDict()
+    shapes = {name: (ckpt, model) for name, ckpt, model in mismatches}
+    for name, kind, extra_rows in _CLASS_ROWS:
+        if name in shapes and kind not in counts:
+            ckpt, model = shapes[name]
+            counts[kind] = (ckpt[0] - extra_rows, model[0] - extra_rows)
+    grouped, _ = _group_by_module(mismatches)
+    classes = ""
+    if counts:
+        classes = (
+            "; the checkpoint has "
+            + " and ".join(f"{c} {kind} classes" for kind, (c, _) in counts.items())
+            + ", the config's model "
+            + " and ".join(f"{m} {kind} classes" for kind, (_, m) in counts.items())
+        )
+    if resuming:
+        what, advice = "--resume", (
+            "resume with the config this run was trained with (OUTPUT_DIR/config.yaml), or "
+            "train in a new OUTPUT_DIR"
+        )
+    else:
+        what, advice = "MODEL.WEIGHTS", (
+            "pass the config the checkpoint was trained with"
+            + (
+                " (it carries it: give MODEL.WEIGHTS without --config-file)"
+                if stores_config
+                else " and the class counts it has"
+            )
+        )
     return (
-        f"Fine-tuning: {len(mismatches)} tensors in {len(modules)} modules do not fit this "
-        "model's shapes (checkpoint->model), so they were not loaded and keep their fresh "
-        "initialisation; every other matching tensor was loaded. Re-initialised: "
-        + "; ".join(parts)
+        f"{what} {path or '(checkpoint)'}: {len(mismatches)} tensors do not fit the model of "
+        f"this config (checkpoint->model): {grouped}{classes}; {advice}"
     )

@@ -4,9 +4,11 @@ that names where the value came from and what would be valid.
 - :func:`merge_config_file` / :func:`merge_config_list`: Detectron2's merges, with unknown
   keys, type mismatches and YAML errors traced to the file of the ``_BASE_`` chain that holds
   the key (or to the command line), plus the nearest valid key.
+- :func:`merge_config_text`: the same for a config stored in a checkpoint.
 - :func:`check_config`: registry names (nearest registered names, not the whole registry),
-  dataset names, ``NUM_CLASSES`` of the ROI and semantic heads against the training data's
-  metadata, and ``MODEL.WEIGHTS``.
+  dataset names, values that cannot train (batch size, learning rate, sizes), the device,
+  ``OUTPUT_DIR``, ``NUM_CLASSES`` of the ROI and semantic heads against the training data's
+  metadata, ``MODEL.WEIGHTS``, and on ``--resume`` the checkpoint's config against the run's.
 """
 
 import difflib
@@ -17,10 +19,22 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode
 
-from ..io import InputError
+from ..io import InputError, output_folder_problem
 from .checkpoint import checkpoint_problem
 
-__all__ = ["ConfigError", "merge_config_file", "merge_config_list", "check_config", "nearest"]
+__all__ = [
+    "ConfigError",
+    "merge_config_file",
+    "merge_config_list",
+    "merge_config_text",
+    "check_config",
+    "check_values",
+    "check_device",
+    "check_output_dir",
+    "check_test_classes",
+    "config_differences",
+    "nearest",
+]
 
 logger = logging.getLogger("seg2")
 
@@ -197,6 +211,28 @@ def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
     return cfg
 
 
+def merge_config_text(cfg: CfgNode, text: str, source: str) -> CfgNode:
+    """Merge a config dumped by ``cfg.dump()`` (as a checkpoint stores it); an error names
+    ``source`` and the key."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: malformed stored config: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the stored config is not a mapping")
+    try:
+        cfg.merge_from_other_cfg(CfgNode(data))
+    except (KeyError, ValueError, AssertionError, TypeError):
+        for key, value in _leaves(cfg, data):
+            why = _refused(
+                cfg, key, lambda c: c.merge_from_other_cfg(CfgNode(_nested(key, value)))
+            )
+            if why:
+                raise ConfigError(f"{source}: its stored config: {why}") from None
+        raise
+    return cfg
+
+
 # ---- checks on the merged config
 
 
@@ -313,13 +349,243 @@ def check_weights(cfg: CfgNode) -> None:
         raise ConfigError(f"MODEL.WEIGHTS: {path}: {problem}")
 
 
-def check_config(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
+def check_values(cfg: CfgNode, world_size: int) -> None:
+    """Training values that cannot work: today they fail late (a loader that never yields
+    a batch, an assertion deep in Detectron2) or not at all (a learning rate of 0)."""
+    ims = cfg.SOLVER.IMS_PER_BATCH
+    if ims < 1:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH = {ims}: the images per iteration, all processes together, "
+            "must be at least 1"
+        )
+    ref = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if ref and ims % ref:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH = {ims} is not divisible by SOLVER.REFERENCE_WORLD_SIZE = {ref}"
+        )
+    # Detectron2's auto_scale_workers: with a reference world size the batch is rescaled.
+    effective = int(round(ims * world_size / ref)) if ref else ims
+    if effective % world_size:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH = {ims} is not divisible by the {world_size} processes "
+            f"(--num-gpus x --num-machines): each takes an equal share; use a multiple of "
+            f"{world_size}"
+        )
+    lr = cfg.SOLVER.BASE_LR
+    if not lr > 0:  # also NaN
+        raise ConfigError(f"SOLVER.BASE_LR = {lr}: the learning rate must be > 0")
+    sizes = cfg.INPUT.MIN_SIZE_TRAIN
+    sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    if not sizes:
+        raise ConfigError(
+            "INPUT.MIN_SIZE_TRAIN is empty: give the training sizes of the shorter image side, "
+            "e.g. (640, 672, 704)"
+        )
+    bad = [s for s in sizes if not s > 0]
+    if bad:
+        raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {sizes}: sizes must be > 0, not {bad}")
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and len(sizes) != 2:
+        raise ConfigError(
+            f"INPUT.MIN_SIZE_TRAIN = {sizes}: INPUT.MIN_SIZE_TRAIN_SAMPLING 'range' takes "
+            "two values, (low, high)"
+        )
+
+
+def check_device(cfg: CfgNode) -> None:
+    """``MODEL.DEVICE`` names a device this machine has."""
+    import torch
+
+    name = cfg.MODEL.DEVICE
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(
+            f"MODEL.DEVICE = {name!r} is not a device name (cpu, cuda, cuda:N)"
+        ) from None
+    if device.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(
+            f"MODEL.DEVICE = {name!r}, but CUDA is not available here ({why}); "
+            "set MODEL.DEVICE cpu"
+        )
+    if device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"MODEL.DEVICE = {name!r}, but {count} CUDA device(s) are visible "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+
+
+def check_output_dir(cfg: CfgNode) -> None:
+    problem = output_folder_problem(cfg.OUTPUT_DIR)
+    if problem:
+        raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR}: {problem}")
+
+
+def check_eval_weights(cfg: CfgNode, resuming: bool) -> None:
+    """Evaluating or exporting needs trained weights: without, it is a random model's."""
+    if not cfg.MODEL.WEIGHTS and not resuming:
+        raise ConfigError(
+            "MODEL.WEIGHTS is empty: evaluating (--eval-only) or exporting needs the trained "
+            "model, MODEL.WEIGHTS path/to/model_final.pth (or --resume with a checkpoint in "
+            "OUTPUT_DIR)"
+        )
+
+
+def check_test_classes(cfg: CfgNode) -> None:
+    """Evaluating a checkpoint that stores its classes on data with other classes compares
+    class ids that mean different things: refused, naming both lists."""
+    from detectron2.data import MetadataCatalog
+
+    from .trained_model import read_description
+
+    _, stored = read_description(cfg.MODEL.WEIGHTS)
+    if not stored:
+        return
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        for key in ("thing_classes", "stuff_classes"):
+            mine, theirs = stored.get(key), meta.get(key, None)
+            if mine and theirs and list(mine) != list(theirs):
+                raise ConfigError(
+                    f"DATASETS.TEST: dataset {name!r} has {key} {_shown(theirs)}, but "
+                    f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} was trained on {_shown(mine)} (dataset "
+                    f"{stored.get('dataset', '?')!r}); evaluate on data with the model's classes"
+                )
+
+
+def _shown(names: Sequence[str], n: int = 8) -> str:
+    return "[" + ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "") + "]"
+
+
+# Keys a resumed run may change: where and how long it runs, and test-time settings.
+_RESUMABLE_KEYS = (
+    "OUTPUT_DIR",
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "SOLVER.MAX_ITER",
+    "SOLVER.STEPS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "DATALOADER.NUM_WORKERS",
+    "DATASETS.TEST",
+    "VIS_PERIOD",
+    "CUDNN_BENCHMARK",
+)
+_RESUMABLE_PREFIXES = ("TEST.", "DATASETS.SEG2.")
+
+
+def _resumable(key: str) -> bool:
+    return (
+        key in _RESUMABLE_KEYS
+        or key.startswith(_RESUMABLE_PREFIXES)
+        or key.split(".")[-1].endswith("_TEST")
+    )
+
+
+def _flat(node, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_differences(stored: str, cfg: CfgNode) -> List[Tuple[str, object, object]]:
+    """(key, stored value, ``cfg``'s value) for each key both configs have and set
+    differently; ``stored`` is ``cfg.dump()`` text (tuples and lists compare equal)."""
+    old = _flat(yaml.safe_load(stored) or {})
+    new = _flat(yaml.safe_load(cfg.dump()))
+    return [(k, old[k], new[k]) for k in new if k in old and old[k] != new[k]]
+
+
+def _last_checkpoint(output_dir: str) -> Optional[str]:
+    tag = os.path.join(output_dir, "last_checkpoint")
+    try:
+        with open(tag) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    path = os.path.join(output_dir, name)
+    return path if name and checkpoint_problem(path) is None else None
+
+
+def check_resume_config(cfg: CfgNode, world_size: int) -> None:
+    """The checkpoint ``--resume`` continues from must come from this config: a changed
+    model or training key would fail iterations later (a class count: the optimizer's state
+    no longer fits) or silently train something else. Keys a resumed run may change (length,
+    schedule steps, test settings) are allowed."""
+    from .trained_model import read_trained_config
+
+    path = _last_checkpoint(cfg.OUTPUT_DIR)
+    stored = read_trained_config(path) if path else None
+    if stored is None:
+        return
+    if cfg.SOLVER.REFERENCE_WORLD_SIZE:  # the trainer saves its rescaled config
+        from detectron2.engine import DefaultTrainer
+
+        cfg = DefaultTrainer.auto_scale_workers(cfg, world_size)
+    changed = [(k, a, b) for k, a, b in config_differences(stored, cfg) if not _resumable(k)]
+    if not changed:
+        return
+    shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:6])
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    raise ConfigError(
+        f"--resume: {path} was trained with another config; keys that differ (checkpoint -> "
+        f"now): {shown}{more}; resume with the config the run was trained with "
+        f"({os.path.join(cfg.OUTPUT_DIR, 'config.yaml')}) or train in a new OUTPUT_DIR"
+    )
+
+
+def check_config(
+    cfg: CfgNode,
+    eval_only: bool = False,
+    resume: bool = False,
+    *,
+    world_size: Optional[int] = None,
+    datasets: bool = True,
+    output_dir: bool = True,
+    require_weights: Optional[bool] = None,
+    test_classes: bool = True,
+) -> None:
     """Everything checkable before the model and data are built (datasets already
-    registered). ``MODEL.WEIGHTS`` is not needed when resuming from OUTPUT_DIR."""
+    registered). ``MODEL.WEIGHTS`` is not needed when resuming from OUTPUT_DIR.
+
+    Args:
+        eval_only: evaluation or export: no training values; trained weights required.
+        resume: ``--resume``: its checkpoint's config must match.
+        world_size: processes sharing the batch (default: Detectron2's ``comm``).
+        datasets: check that ``DATASETS.TRAIN``/``TEST`` are registered (off for tools that
+            need no data, e.g. prediction on the user's images).
+        output_dir: check that ``OUTPUT_DIR`` can be written (off for tools that write
+            elsewhere).
+        require_weights: ``MODEL.WEIGHTS`` (or a checkpoint to resume) must be given
+            (default: ``eval_only``).
+        test_classes: with ``eval_only``, ``DATASETS.TEST`` must have the classes stored in
+            ``MODEL.WEIGHTS`` (off for export, which reads no labels).
+    """
+    if world_size is None:
+        from detectron2.utils import comm
+
+        world_size = comm.get_world_size()
     check_registry_names(cfg)
-    check_dataset_names(cfg)
+    if datasets:
+        check_dataset_names(cfg)
     if not eval_only:
+        check_values(cfg, world_size)
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
     resuming = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if not resuming:
         check_weights(cfg)
+    if eval_only if require_weights is None else require_weights:
+        check_eval_weights(cfg, resuming)
+    if eval_only and datasets and test_classes and not resuming:
+        check_test_classes(cfg)
+    check_device(cfg)
+    if output_dir:
+        check_output_dir(cfg)
+    if resuming and not eval_only:
+        check_resume_config(cfg, world_size)

@@ -3,7 +3,7 @@
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
@@ -12,12 +12,13 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
-from .config_check import check_config, merge_config_file, merge_config_list
+from .config_check import check_config, merge_config_list
+from .trained_model import merge_base_config
 from ..data.datasets import register_from_config, validate_datasets
 from ..io import write_json
 
 __all__ = [
-    "load_cfg",
+    "build_cfg",
     "setup_run",
     "setup_cfg",
     "write_metrics",
@@ -40,35 +41,39 @@ _HEADLINE = {
 }
 
 
-def load_cfg(args) -> CfgNode:
-    """Config from ``--config-file`` plus trailing ``KEY VALUE`` overrides, with seg2's
-    defaults and user datasets (``DATASETS.SEG2.*``) registered, checked
-    (:mod:`seg2.engine.config_check`: a problem raises ``ConfigError`` before anything is built);
-    frozen. Writes nothing."""
+def build_cfg(args, **checks) -> CfgNode:
+    """Config from ``--config-file`` (or, without one, the config stored in the checkpoint
+    that ``MODEL.WEIGHTS`` names: :mod:`seg2.engine.trained_model`) plus trailing
+    ``KEY VALUE`` overrides, with seg2's defaults and user datasets (``DATASETS.SEG2.*``)
+    registered, and checked (:func:`seg2.engine.config_check.check_config`, given
+    ``checks``: a problem raises ``ConfigError`` before anything is built); not frozen."""
+    eval_only = getattr(args, "eval_only", False)
     cfg = get_cfg()
     add_seg2_config(cfg)
-    merge_config_file(cfg, args.config_file)
+    merge_base_config(cfg, args.config_file, args.opts, training=not eval_only)
     merge_config_list(cfg, args.opts)
     register_from_config(cfg)
-    check_config(
-        cfg, eval_only=getattr(args, "eval_only", False), resume=getattr(args, "resume", False)
-    )
-    cfg.freeze()
+    check_config(cfg, eval_only=eval_only, resume=getattr(args, "resume", False), **checks)
     return cfg
 
 
-def setup_run(cfg: CfgNode, args) -> None:
+def setup_run(cfg: CfgNode, args, validate: Optional[Sequence[str]] = None) -> None:
     """Detectron2's ``default_setup`` (OUTPUT_DIR, its config.yaml and log, seeds), seg2's
-    logger, and the datasets validated before the first iteration."""
+    logger, and the datasets the run reads validated before the first iteration: ``validate``,
+    by default DATASETS.TRAIN and TEST (TEST only for ``--eval-only``)."""
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
-    validate_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    if validate is None:
+        eval_only = getattr(args, "eval_only", False)
+        validate = cfg.DATASETS.TEST if eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
+    validate_datasets(cfg, validate)
 
 
-def setup_cfg(args) -> CfgNode:
-    """:func:`load_cfg` then :func:`setup_run`."""
-    cfg = load_cfg(args)
-    setup_run(cfg, args)
+def setup_cfg(args, validate: Optional[Sequence[str]] = None, **checks) -> CfgNode:
+    """:func:`build_cfg`, frozen, then :func:`setup_run`."""
+    cfg = build_cfg(args, **checks)
+    cfg.freeze()
+    setup_run(cfg, args, validate)
     return cfg
 
 

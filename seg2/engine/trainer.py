@@ -20,6 +20,7 @@ from ..modeling.roi_align import use_fast_roi_align
 from .checkpoint import AtomicCheckpointer
 from .divergence import TrainingDivergedError, stop_on_non_finite_losses
 from .preemption import StopOnSignal
+from .trained_model import describe_training
 from .resume import (
     CaptureTrainingState,
     ResumableTrainLoader,
@@ -89,6 +90,7 @@ class Seg2Trainer(DefaultTrainer):
             self.cfg.OUTPUT_DIR,
             **self.checkpointer.checkpointables,
             training_state=self.training_state,
+            extra_data=describe_training(self.cfg),  # the file alone rebuilds the model
         )
         self.eval_results = None
         period = self.cfg.SOLVER.CHECKPOINT_PERIOD

@@ -62,7 +62,11 @@ _TABLE: Dict[str, Dict[str, Callable]] = {
     },
     "cityscapes_instance": {"instances": _cityscapes("instance")},
     "cityscapes_sem_seg": {"sem_seg": _cityscapes("semantic")},
-    "cityscapes_panoptic_seg": {"panoptic_seg": _cityscapes("panoptic")},
+    "cityscapes_panoptic_seg": {
+        "instances": _cityscapes("instance"),
+        "sem_seg": _cityscapes("semantic"),
+        "panoptic_seg": _cityscapes("panoptic"),
+    },
 }
 
 

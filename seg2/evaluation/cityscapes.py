@@ -135,7 +135,8 @@ def evaluate_cityscapes_instances(gt_dir: str, pred_dir: str) -> "OrderedDict[st
     Returns:
         ``AP`` and ``AP50`` (percent; mean over those of the 8 instance classes that have
         ground truth of at least 100 px, the script's minimum), then ``AP-<class>`` and
-        ``AP50-<class>`` for those classes.
+        ``AP50-<class>`` for those classes, in the official order (the script prints the
+        other classes as ``nan``; they are left out here and take no part in the means).
     """
     import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs_eval
 
@@ -178,8 +179,11 @@ def evaluate_cityscapes_semantic(gt_dir: str, pred_dir: str) -> "OrderedDict[str
 
     Returns:
         ``IoU`` (mean over the 19 evaluated classes that occur in ground truth or
-        prediction), ``iIoU``, ``IoU_sup``, ``iIoU_sup`` (Detectron2's keys, percent) and
-        ``IoU-<class>`` for those classes.
+        prediction), ``iIoU`` (over the 8 instance classes), ``IoU_sup``, ``iIoU_sup``
+        (categories; Detectron2's keys, percent), then ``IoU-<class>`` and, for the instance
+        classes, ``iIoU-<class>``, in the official script's class order. The script also
+        lists classes absent from both ground truth and prediction, as ``nan``; they are
+        left out here (they take no part in the means either way).
     """
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
     from cityscapesscripts.helpers.labels import id2label
@@ -217,6 +221,9 @@ def evaluate_cityscapes_semantic(gt_dir: str, pred_dir: str) -> "OrderedDict[str
     for name, score in out["classScores"].items():
         if np.isfinite(score):
             res[f"IoU-{name}"] = 100 * score
+    for name, score in out["classInstScores"].items():
+        if np.isfinite(score):
+            res[f"iIoU-{name}"] = 100 * score
     return res
 
 

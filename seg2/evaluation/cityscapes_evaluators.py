@@ -12,7 +12,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..data.cityscapes import ensure_panoptic_gt
+from ..data.cityscapes import ensure_panoptic_gt, semantic_metadata
 from ..io import write_json, write_png
 from ..structures.panoptic import dataset_category, id2rgb, invert_id_map, segments_from_labels
 from .cityscapes import (
@@ -104,22 +104,28 @@ class Seg2CityscapesInstanceEvaluator(_CityscapesResultsEvaluator):
 
 
 class Seg2CityscapesSemSegEvaluator(_CityscapesResultsEvaluator):
-    """Argmax train ids written as label-id PNGs (``<stem>_pred.png``, 255 = not evaluated),
-    scored by :func:`evaluate_cityscapes_semantic`; returns ``{"sem_seg": {IoU, iIoU, ...,
-    IoU-<class>}}``. The model's ``sem_seg`` has the 19 train-id channels."""
+    """Argmax classes written as label-id PNGs (``<stem>_pred.png``), scored by
+    :func:`evaluate_cityscapes_semantic`; returns ``{"sem_seg": {IoU, iIoU, ..., IoU-<class>,
+    iIoU-<class>}}``. The model's ``sem_seg`` channels are the dataset's contiguous ids, mapped
+    back with its metadata's ``stuff_dataset_id_to_contiguous_id`` (train ids for the
+    ``*_sem_seg`` datasets, things-first ids for ``*_panoptic``)."""
 
     _subdir = "cityscapes_semantic_results"
 
-    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
-        from cityscapesscripts.helpers.labels import trainId2label
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
+        super().__init__(dataset_name, output_dir)
+        # Metadata without the table (Detectron2's cityscapes_fine_sem_seg_*) uses train ids.
+        table = self._metadata.get("stuff_dataset_id_to_contiguous_id", None) or (
+            semantic_metadata()["stuff_dataset_id_to_contiguous_id"]
+        )
+        self._lut = np.zeros(256, dtype=np.uint8)  # an id out of the table: "unlabeled" (0)
+        for label_id, contiguous in table.items():
+            self._lut[contiguous] = label_id
 
-        lut = np.full(256, 255, dtype=np.uint8)
-        for train_id, label in trainId2label.items():
-            if 0 <= train_id < 255 and not label.ignoreInEval:
-                lut[train_id] = label.id
+    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for inp, out in zip(inputs, outputs):
-            train_ids = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            pred = lut[np.clip(train_ids, 0, 255).astype(np.uint8)]
+            classes = out["sem_seg"].argmax(dim=0).cpu().numpy()
+            pred = self._lut[np.clip(classes, 0, 255).astype(np.uint8)]
             write_png(pred, os.path.join(self._folder, self._stem(inp) + "_pred.png"))
 
     def _score(self) -> Dict:
@@ -142,7 +148,8 @@ class Seg2CityscapesPanopticEvaluator(_CityscapesResultsEvaluator):
         meta = self._metadata
         self._thing_ids = invert_id_map(meta.thing_dataset_id_to_contiguous_id)
         self._stuff_ids = invert_id_map(meta.stuff_dataset_id_to_contiguous_id)
-        # Cityscapes' contiguous (train) ids of things and stuff do not overlap.
+        # Segments without ``isthing``: seg2's panoptic metadata maps every class (things
+        # first) in the stuff table, where a thing's id is its thing id.
         self._any_ids = {**self._stuff_ids, **self._thing_ids}
         self._name = os.path.splitext(os.path.basename(meta.panoptic_json))[0]
 

@@ -29,8 +29,9 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 
 from ..io import InputError, atomic_open, write_json
+from ..structures.panoptic import invert_id_map
 
-__all__ = ["MANIFEST", "export_kind", "trace_model", "export_torchscript"]
+__all__ = ["MANIFEST", "class_manifest", "export_kind", "trace_model", "export_torchscript"]
 
 # Name of the manifest stored inside the TorchScript file (and written beside it).
 MANIFEST = "seg2_export.json"
@@ -93,8 +94,27 @@ def trace_model(model: torch.nn.Module, image: torch.Tensor) -> torch.jit.Script
         return torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
 
 
+def class_manifest(metadata) -> Dict:
+    """What the exported outputs' class ids mean, from Detectron2 metadata: per kind, the
+    class names and the dataset's category id of each contiguous id (None where the
+    metadata maps none), so results can be written with the dataset's own ids."""
+    out = {}
+    for kind in ("thing", "stuff"):
+        names = list(metadata.get(f"{kind}_classes", None) or [])
+        if not names:
+            continue
+        ids = invert_id_map(metadata.get(f"{kind}_dataset_id_to_contiguous_id", None))
+        out[f"{kind}_classes"] = [str(n) for n in names]
+        out[f"{kind}_category_ids"] = [ids.get(i) for i in range(len(names))]
+    return out
+
+
 def export_torchscript(
-    cfg: CfgNode, model: torch.nn.Module, image: torch.Tensor, output_dir: str
+    cfg: CfgNode,
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    output_dir: str,
+    metadata=None,
 ) -> Dict:
     """Trace ``model`` on ``image`` and write ``output_dir/model.ts`` (the manifest is stored
     inside it as an extra file) and ``output_dir/seg2_export.json``.
@@ -103,6 +123,8 @@ def export_torchscript(
         cfg: the model's config (test resize, input format, fusion settings).
         model: the eval-mode model with its weights.
         image: (C, H, W) float tensor in ``INPUT.FORMAT``, resized by the test augmentation.
+        metadata: the classes the model predicts (Detectron2 metadata); the manifest then
+            carries their names and category ids (:func:`class_manifest`).
 
     Returns:
         the manifest.
@@ -122,6 +144,8 @@ def export_torchscript(
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
         "torch_version": torch.__version__,
     }
+    if metadata is not None:
+        manifest.update(class_manifest(metadata))
     if kind == "panoptic":
         from ..modeling.fusion import FUSION_REGISTRY
 

@@ -2,7 +2,7 @@
 
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +27,14 @@ class BatchPredictor:
     outputs at each image's own size.
     """
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, checkpointer: Callable[[torch.nn.Module], Any] = None):
         """
         Args:
             cfg: a config with seg2's keys; ``MODEL.WEIGHTS`` a local checkpoint (or URL),
                 empty only for random weights (warned).
+            checkpointer: makes the checkpointer that loads ``MODEL.WEIGHTS`` into the model
+                (default Detectron2's; the tools pass seg2's, which refuses a checkpoint
+                whose shapes do not fit).
         """
         self.cfg = cfg.clone()
         weights = cfg.MODEL.WEIGHTS
@@ -40,7 +43,7 @@ class BatchPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if weights:
-            DetectionCheckpointer(self.model).load(weights)
+            (checkpointer or DetectionCheckpointer)(self.model).load(weights)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
         self.augmentations = T.AugmentationList(build_augmentations(self.cfg, is_train=False))

@@ -124,6 +124,51 @@ class TestLoadOtherClasses(unittest.TestCase):
         self.check(source, fresh, loaded, messages, ROI_MISMATCHES)
         self.assertGreater(len(source), 100)  # the whole backbone, FPN, RPN and heads
 
+    def test_strict_mode_refuses_in_one_line(self):
+        # inference, evaluation and export load strictly: the same file is an error naming
+        # every tensor, both class counts (5 in the file, 3 in the model) and what to pass
+        from seg2.io import InputError
+
+        path = os.path.join(self.tmp, "model_final_strict.pkl")
+        detectron2_model_zoo_pickle(path)
+        cfg = get_seg2_cfg(INSTANCE_CFG.split("configs/")[1])
+        cfg.MODEL.DEVICE = "cpu"
+        with self.assertRaises(InputError) as ctx:
+            AtomicCheckpointer(build_model(cfg), strict_shapes=True).load(path)
+        msg = str(ctx.exception)
+        self.assertNotIn("\n", msg)
+        self.assertTrue(msg.startswith(f"MODEL.WEIGHTS {path}: 6 tensors do not fit"), msg)
+        for name, (ckpt_shape, model_shape) in ROI_MISMATCHES.items():
+            self.assertIn(f"{name.rsplit('.', 1)[1]} {ckpt_shape}->{model_shape}", msg)
+        self.assertIn(
+            "the checkpoint has 5 thing classes, the config's model 3 thing classes; pass the "
+            "config the checkpoint was trained with and the class counts it has",
+            msg,
+        )
+
+    def test_resuming_a_checkpoint_that_does_not_fit_is_refused(self):
+        # resuming continues the same run: other shapes mean another config (for checkpoints
+        # without a stored config, which config_check compares first)
+        from seg2.io import InputError
+
+        out = tempfile.mkdtemp(dir=self.tmp)
+        AtomicCheckpointer(torch.nn.Linear(4, 5), save_dir=out).save("model_0000001")
+        with self.assertRaises(InputError) as ctx:
+            AtomicCheckpointer(torch.nn.Linear(4, 3), save_dir=out).resume_or_load("", resume=True)
+        self.assertEqual(
+            str(ctx.exception),
+            f"--resume {os.path.join(out, 'model_0000001.pth')}: 2 tensors do not fit the model "
+            "of this config (checkpoint->model): weight (5, 4)->(3, 4), bias (5,)->(3,); resume "
+            "with the config this run was trained with (OUTPUT_DIR/config.yaml), or train in a "
+            "new OUTPUT_DIR",
+        )
+        # loading it as MODEL.WEIGHTS (fine-tuning) is allowed, with its summary line
+        with self.assertLogs(CKPT_LOGGER, level="WARNING") as logs:
+            AtomicCheckpointer(torch.nn.Linear(4, 3), save_dir=out).resume_or_load(
+                os.path.join(out, "model_0000001.pth"), resume=False
+            )
+        self.assertTrue(any("Fine-tuning: 2 tensors" in r.getMessage() for r in logs.records))
+
     def test_seg2_checkpoint_on_other_classes(self):
         source = seg2_checkpoint(self.tmp)
         fresh, loaded, messages = self.load_into_panoptic_model(

@@ -30,6 +30,9 @@ from seg2_testing import tiny_synthetic_root
 # Cityscapes label ids (cityscapesscripts' labels.py), written here independently.
 THING_IDS = {24: "person", 26: "car", 33: "bicycle"}
 LABEL_TO_TRAIN = {7: 0, 11: 2, 21: 8, 23: 10, 24: 11, 26: 13, 33: 18}
+# Panoptic contiguous ids: things (label ids) 0-7, then stuff (label ids) 8-18.
+PANOPTIC_THINGS = {24: 0, 25: 1, 26: 2, 27: 3, 28: 4, 31: 5, 32: 6, 33: 7}
+PANOPTIC_STUFF = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23]
 MIN_REGION = 100  # evalInstanceLevelSemanticLabeling: smaller GT instances are ignored
 
 
@@ -344,6 +347,20 @@ class TestRegistrationAndEvaluators(unittest.TestCase):
         )
         self.assertEqual(again, res)
 
+    def test_semantic_evaluator_on_the_panoptic_split(self):
+        """The panoptic split's semantic targets (things first) map back to label ids: the
+        targets as predictions score 100."""
+        name = f"{self.prefix}_val_panoptic"
+        ev = build_cityscapes_evaluator("semantic", name)
+        ev.reset()
+        for d in DatasetCatalog.get(name):
+            target = torch.from_numpy(np.array(Image.open(d["sem_seg_file_name"])).astype(np.int64))
+            self.assertLessEqual(set(target.unique().tolist()), {0, 2, 7, 8, 10, 16, 18, 255})
+            logits = torch.nn.functional.one_hot(target.clamp(max=18), 19).permute(2, 0, 1).float()
+            logits[:, target == 255] = 0
+            ev.process([d], [{"sem_seg": logits}])
+        self.assertEqual(ev.evaluate()["sem_seg"]["IoU"], 100.0)
+
     def test_instance_evaluator(self):
         name = f"{self.prefix}_val_instance_seg"
         meta = MetadataCatalog.get(name)
@@ -380,15 +397,19 @@ class TestRegistrationAndEvaluators(unittest.TestCase):
             ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
             seg = np.zeros_like(ids)
             info = []
-            for k, s in enumerate(d["segments_info"], start=1):  # contiguous (train) ids
+            for k, s in enumerate(d["segments_info"], start=1):  # contiguous ids
                 seg[ids == s["id"]] = k
-                info.append(
-                    {"id": k, "category_id": s["category_id"], "isthing": s["category_id"] >= 11}
-                )
+                info.append({"id": k, "category_id": s["category_id"], "isthing": s["isthing"]})
             ev.process([d], [{"panoptic_seg": (torch.from_numpy(seg), info)}])
         res = ev.evaluate()["panoptic_seg"]
         self.assertEqual((res["PQ"], res["PQ_th"], res["PQ_st"]), (100.0, 100.0, 100.0))
-        self.assertEqual(meta.thing_dataset_id_to_contiguous_id[24], LABEL_TO_TRAIN[24])
+        # One class order for the panoptic data: the 8 instance classes (label-id order), then
+        # the 11 stuff classes (cityscapesscripts' labels.py, written here independently).
+        self.assertEqual(meta.thing_dataset_id_to_contiguous_id, PANOPTIC_THINGS)
+        self.assertEqual(
+            meta.stuff_dataset_id_to_contiguous_id,
+            {**PANOPTIC_THINGS, **{c: 8 + i for i, c in enumerate(PANOPTIC_STUFF)}},
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -283,6 +284,34 @@ class TestCityscapes(unittest.TestCase):
         code, _, err = run_cli("cityscapes-semantic", "--gt-root", self.root, "--pred-dir", empty)
         self.assertEqual(code, 2)
         self.assertIn(f"{self.gt_files[0]}: no prediction", err)
+
+
+class TestHelp(unittest.TestCase):
+    def test_help_describes_pred_dir_without_importing_seg2(self):
+        """--help is answered before seg2 (and with it torch and Detectron2) is imported, and
+        says what --pred-dir holds for each command."""
+        probe = (
+            "import runpy, sys\n"
+            "sys.argv = ['evaluate.py', '--help']\n"
+            "try:\n"
+            "    runpy.run_path('tools/evaluate.py', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            "print('IMPORTED', sorted(m for m in ('seg2', 'torch', 'detectron2') if m in sys.modules))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("IMPORTED []", proc.stdout)
+        text = " ".join(proc.stdout.split())
+        for command, words in (
+            ("cityscapes-instance", "<city>_<seq>_<frame>*.txt"),
+            ("cityscapes-semantic", "Cityscapes label ids"),
+            ("cityscapes-panoptic", "cityscapes_panoptic_<split>.json"),
+            ("semantic", "class ids"),
+        ):
+            self.assertRegex(text, f"{command}: [^:]*{re.escape(words)}")
 
 
 if __name__ == "__main__":

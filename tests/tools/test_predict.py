@@ -407,7 +407,7 @@ class TestPredict(unittest.TestCase):
             (["--input", os.path.join(self.tmp, "nope", "*.jpg")], "no image files found"),
             (
                 ["--input", self.root, "MODEL.WEIGHTS", os.path.join(self.tmp, "missing.pth")],
-                "missing.pth not found",
+                "missing.pth: file not found",
             ),
         ):
             err = io.StringIO()
