@@ -156,7 +156,9 @@ class TestKillAndResume(unittest.TestCase):
             )
         try:
             self._wait_for(proc, os.path.join(out, "model_0000002.pth"))
-            self.assertIsNone(proc.poll(), "finished before it could be stopped")
+            if proc.poll() is not None:
+                self.fail(f"ended ({proc.returncode}) before it could be stopped:\n"
+                          + open(log_path).read()[-4000:])
             if not extra:
                 # a second run on the live run's folder is refused, --resume too; the live
                 # run is paused meanwhile so it cannot finish first
