@@ -4,7 +4,8 @@ bringing your own data.
 
     python tools/check_dataset.py --config-file configs/X.yaml [--datasets NAME ...] [KEY VALUE ...]
     python tools/check_dataset.py --coco-instances JSON IMAGE_ROOT
-    python tools/check_dataset.py --coco-panoptic PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT [INSTANCES_JSON]
+    python tools/check_dataset.py --coco-panoptic PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT \\
+        [INSTANCES_JSON]
     python tools/check_dataset.py --semantic IMAGE_ROOT LABEL_ROOT "class0,class1,..."
 
 With a config, the datasets are ``--datasets`` or else ``DATASETS.TRAIN``, ``DATASETS.TEST``

@@ -210,7 +210,9 @@ def check_panoptic_file(path: str, hw, segments: List[Dict], report, sample, sou
     report_panoptic(panoptic_facts(path), path, hw, segments, report, sample, source)
 
 
-def check_dataset_dicts(dicts: List[Dict], report, meta, opts, source: str = "", cache=None) -> None:
+def check_dataset_dicts(
+    dicts: List[Dict], report, meta, opts, source: str = "", cache=None
+) -> None:
     """The files of Detectron2 dataset dicts: image, ``sem_seg_file_name`` (values checked
     against the metadata's ``stuff_classes``), ``pan_seg_file_name`` + ``segments_info``.
     ``cache`` (a :class:`~.validation_cache.ValidationCache`) keeps what was read."""

@@ -164,7 +164,8 @@ def _check_rle(seg: Dict, im: Dict, path: str, where: str, report, sample) -> Op
                 where,
                 "segmentation.counts",
                 f"{len(counts)} runs",
-                f"uncompressed RLE runs must be non-negative and sum to height*width = {hw[0] * hw[1]}",
+                "uncompressed RLE runs must be non-negative and sum to height*width = "
+                f"{hw[0] * hw[1]}",
                 sample,
             )
             return None
@@ -235,7 +236,8 @@ def _report_box(box, ref, path: str, where: str, report, sample) -> None:
             where,
             "bbox",
             [round(v, 1) for v in box],
-            f"disagrees with the mask's box {[round(v, 1) for v in ref]} (a side is {off:.1f} px off); training would use the mask's box, bbox AP the JSON 'bbox'",
+            f"disagrees with the mask's box {[round(v, 1) for v in ref]} (a side is {off:.1f} px "
+            "off); training would use the mask's box, bbox AP the JSON 'bbox'",
             sample,
         )
     elif _is_note(off, box):

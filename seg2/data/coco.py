@@ -107,7 +107,8 @@ def coco_instances_dicts(
         contiguous = not cat_ids or (min(cat_ids) == 1 and max(cat_ids) == len(cat_ids))
         if not contiguous and "coco" not in dataset_name:
             logger.warning(
-                "Category ids in annotations are not in [1, #categories]! We'll apply a mapping for you."
+                "Category ids in annotations are not in [1, #categories]! "
+                "We'll apply a mapping for you."
             )
         id_map = {v: i for i, v in enumerate(cat_ids)}
         meta.thing_dataset_id_to_contiguous_id = id_map

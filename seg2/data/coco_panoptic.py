@@ -16,9 +16,9 @@ from .check_annotations import check_coco_panoptic_json
 from .check_files import check_dataset_dicts, check_folder
 from .check_instances import check_instances_match_panoptic
 from .coco import check_coco_instances, coco_instances_dicts
+from .synthetic.meta import IGNORE_LABEL
 from .validate import ValidationReport, finish_validation, validation_cache, validation_options
 from .validation_cache import file_digest
-from .synthetic.meta import IGNORE_LABEL
 
 __all__ = [
     "panoptic_metadata",
@@ -182,7 +182,9 @@ def load_coco_panoptic(
     if all([check_folder(folder, what, report, panoptic_json) for what, folder in roots]):
         check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json, cache)
     report.num_samples = len(images)
-    inst_data = check_coco_instances(instances_json, None, report, cache) if instances_json else None
+    inst_data = None
+    if instances_json:
+        inst_data = check_coco_instances(instances_json, None, report, cache)
     cache.save()
     if inst_data is not None:
         check_instances_match_panoptic(

@@ -16,6 +16,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
+
 from ..capabilities import model_capabilities
 from ..io import BitDepthRule, InputError, read_image, read_label
 from ..structures.panoptic import rgb2id
@@ -151,7 +152,9 @@ class Seg2DatasetMapper:
                     d.pop("annotations"), transforms, image_shape, source_shape, d["file_name"]
                 )
             elif pan_ids is not None:
-                d["instances"] = self._instances_from_panoptic(pan_ids, d["segments_info"], image_shape)
+                d["instances"] = self._instances_from_panoptic(
+                    pan_ids, d["segments_info"], image_shape
+                )
         if self.weight_map:
             d["sem_seg_weights"] = self._weight_map(d, pan_ids, sem)
         return d
@@ -176,12 +179,15 @@ class Seg2DatasetMapper:
             # semantic and panoptic PNGs, and a crop needs no polygon clipping (shapely).
             h, w = source_shape
             annos = [
-                dict(a, segmentation=mask_util.merge(mask_util.frPyObjects(a["segmentation"], h, w)))
-                if isinstance(a.get("segmentation"), list) else a
+                dict(a, segmentation=_rasterize(a["segmentation"], h, w))
+                if isinstance(a.get("segmentation"), list)
+                else a
                 for a in annos
             ]
         annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
-        inst = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        inst = utils.annotations_to_instances(
+            annos, image_shape, mask_format=self.instance_mask_format
+        )
         if inst.has("gt_masks"):
             # Boxes of masks cut by a crop should shrink with them.
             inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
@@ -232,7 +238,9 @@ class Seg2DatasetMapper:
         return inst[torch.tensor(keep, dtype=torch.long)] if len(keep) < n else inst
 
     @staticmethod
-    def _instances_from_panoptic(pan_ids: np.ndarray, segments: List[Dict], image_shape) -> Instances:
+    def _instances_from_panoptic(
+        pan_ids: np.ndarray, segments: List[Dict], image_shape
+    ) -> Instances:
         inst = Instances(image_shape)
         segs = [s for s in segments if s["isthing"] and not s.get("iscrowd", 0)]
         masks = [pan_ids == s["id"] for s in segs]
@@ -245,7 +253,9 @@ class Seg2DatasetMapper:
         inst.gt_boxes = inst.gt_masks.get_bounding_boxes() if keep else Boxes(torch.zeros(0, 4))
         return inst
 
-    def _weight_map(self, d: Dict, pan_ids: Optional[np.ndarray], sem: Optional[np.ndarray]) -> torch.Tensor:
+    def _weight_map(
+        self, d: Dict, pan_ids: Optional[np.ndarray], sem: Optional[np.ndarray]
+    ) -> torch.Tensor:
         if sem is None or pan_ids is None:
             raise InputError(
                 f"{d['file_name']}: INPUT.SEG2.WEIGHT_MAP needs 'sem_seg_file_name' and "
@@ -264,3 +274,8 @@ class Seg2DatasetMapper:
             sigma=self.weight_map_sigma,
         )
         return torch.as_tensor(w, dtype=torch.float32)
+
+
+def _rasterize(polygons, height: int, width: int) -> dict:
+    """COCO polygons as one RLE mask (pycocotools)."""
+    return mask_util.merge(mask_util.frPyObjects(polygons, height, width))

@@ -65,7 +65,8 @@ def load_semantic(
         for stem in sorted(set(images) & set(labels))
     ]
     meta = {"stuff_classes": list(class_names or []), "ignore_label": ignore_label}
-    report.cache = validation_cache(["semantic", os.path.abspath(image_root), os.path.abspath(label_root)])
+    roots = [os.path.abspath(image_root), os.path.abspath(label_root)]
+    report.cache = validation_cache(["semantic", *roots])
     check_dataset_dicts(dicts, report, meta, validation_options(), label_root, report.cache)
     report.cache.save()
     report.num_samples = len(set(images) | set(labels))

@@ -280,7 +280,11 @@ def _checked_dicts(name: str, loader: Callable[[], List[Dict]]) -> List[Dict]:
         report = ValidationReport(name)
         report.cache = validation_cache(["dataset_dicts", name])
         check_dataset_dicts(
-            dicts, report, MetadataCatalog.get(name).as_dict(), validation_options(), cache=report.cache
+            dicts,
+            report,
+            MetadataCatalog.get(name).as_dict(),
+            validation_options(),
+            cache=report.cache,
         )
         report.cache.save()
         dicts = finish_validation(report, dicts, _sample_key)

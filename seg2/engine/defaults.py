@@ -12,10 +12,10 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
-from .config_check import check_config, merge_config_list
-from .trained_model import merge_base_config
 from ..data.datasets import register_from_config, validate_datasets
 from ..io import write_json
+from .config_check import check_config, merge_config_list
+from .trained_model import merge_base_config
 
 __all__ = [
     "build_cfg",

@@ -21,7 +21,6 @@ from ..modeling.roi_align import use_fast_roi_align
 from .checkpoint import AtomicCheckpointer
 from .divergence import TrainingDivergedError, stop_on_non_finite_losses
 from .preemption import StopOnSignal
-from .trained_model import describe_training
 from .resume import (
     CaptureTrainingState,
     ResumableTrainLoader,
@@ -30,6 +29,7 @@ from .resume import (
     data_seed,
     preserved_rng,
 )
+from .trained_model import describe_training
 
 __all__ = ["Seg2Trainer", "create_ddp_model"]
 

@@ -717,8 +717,8 @@ class TestRegisteredDatasets(ValidationCase):
         """DATASETS.SEG2.SEMANTIC registers from the config; a Cityscapes-format split (not
         one of seg2's format loaders) is checked through its dicts, with skip applied to
         what DatasetCatalog returns afterwards."""
-        from seg2.data.datasets import register_from_config
         from seg2.data.cityscapes import register_cityscapes
+        from seg2.data.datasets import register_from_config
 
         cfg = get_seg2_cfg()
         name = unique("cfgsem")

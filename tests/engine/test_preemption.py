@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from detectron2.engine import HookBase, launch
 from detectron2.utils import comm
+from test_trainer import ToyTrainer, load, toy_cfg
 from torch.multiprocessing import ProcessExitedException
 
 from seg2.engine.preemption import PREEMPTED_EXIT, TrainingPreempted
 from seg2.utils.cli import user_errors
-from test_trainer import ToyTrainer, load, toy_cfg
 
 
 class SignalAt(HookBase):
