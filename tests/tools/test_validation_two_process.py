@@ -47,7 +47,7 @@ class TestValidationTwoProcesses(unittest.TestCase):
         for rank in (0, 1):
             self.assertRegex(
                 log[-5000:],
-                rf"\[rank {rank}\] error: dataset 'bad_inst'.*\n.*bad.json: annotation {bad['id']}: "
+                rf"\[rank {rank}\] error: dataset 'bad_inst'.*bad.json: annotation {bad['id']}: "
                 "field 'category_id' = 99",
             )
         n = len({im["file_name"] for im in data["images"]})
