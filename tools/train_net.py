@@ -21,7 +21,7 @@ import os
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
-import seg2  # noqa: F401  (first: registers heads, meta-architectures and datasets)
+import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
 from seg2.engine.defaults import build_cfg, format_metrics_table, setup_run, write_metrics
 from seg2.engine.preemption import forward_stop_signals
