@@ -142,9 +142,15 @@ def add_seg2_config(cfg: CN) -> CN:
     # What a broken sample does: "error" stops the run listing every problem found;
     # "skip" drops each broken image (logged with its reason, counted at the end).
     cfg.DATASETS.SEG2.ON_BAD_SAMPLE = "error"
-    # Fully decode every image, label and panoptic PNG during the check (finds truncated or
-    # corrupt files and size mismatches); False checks the JSON only, for very large sets.
-    cfg.DATASETS.SEG2.CHECK_FILES = True
+    # Images are checked from their headers (existence, format, size against the JSON, mode,
+    # EXIF orientation, a JPEG/PNG that ends early); True also decodes every image fully
+    # (finds corrupt pixel data up front). Label and panoptic PNGs are always decoded. An
+    # image the loader cannot decode later is handled by ON_BAD_SAMPLE (error or skip).
+    cfg.DATASETS.SEG2.CHECK_FILES = False
+    # Where validation results are kept between starts (keyed by the JSON's digest and each
+    # file's path, size and time): "" = $XDG_CACHE_HOME/seg2/validation (~/.cache/...);
+    # "none" keeps nothing.
+    cfg.DATASETS.SEG2.VALIDATION_CACHE_DIR = ""
 
     cfg.TEST.SEG2 = CN()
     # Number of val images drawn as prediction overlays into OUTPUT_DIR/vis after evaluation.

@@ -11,6 +11,7 @@ never a luminance), :func:`read_panoptic_png` (COCO panoptic ids). Writers are a
 import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
@@ -25,13 +26,16 @@ except ImportError:  # optional: only faster
 
 __all__ = [
     "InputError",
+    "not_a_file",
     "read_json",
     "open_image",
     "read_image",
     "load_image",
+    "read_image_header",
     "BitDepthRule",
     "read_label_png",
     "read_label",
+    "read_label_npy",
     "read_panoptic_png",
     "atomic_open",
     "output_folder_problem",
@@ -48,15 +52,27 @@ class InputError(ValueError):
     """
 
 
+def not_a_file(path: str, what: str) -> str:
+    """Why ``path`` cannot be read as a file: it is a directory, or it does not exist."""
+    if os.path.isdir(path):
+        return f"{what} path is a directory, not a file"
+    return f"{what} file not found"
+
+
+# 19 or more digits in a row: an integer orjson would turn into a float (beyond 64 bits).
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
 def read_json(path: str, what: str = "JSON") -> Any:
     """Parse a JSON file; a missing, non-UTF-8 or malformed file raises InputError naming it.
-    orjson parses when installed (faster); the standard parser takes
-    over for what orjson refuses (NaN, huge integers) and for the error's line and column."""
+    orjson parses when installed (faster); the standard parser takes over for what orjson
+    refuses (NaN), for integers beyond 64 bits (orjson reads them as floats, which would
+    turn an id into a rounded float) and for the error's line and column."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: {what} file not found")
+        raise InputError(f"{path}: {not_a_file(path, what)}")
     with open(path, "rb") as f:
         raw = f.read()
-    if orjson is not None:
+    if orjson is not None and not _LONG_DIGITS.search(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -69,6 +85,8 @@ def read_json(path: str, what: str = "JSON") -> Any:
         ) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: {what} is not UTF-8 text ({e.reason})") from None
+    except RecursionError:
+        raise InputError(f"{path}: {what} is nested too deeply to parse") from None
 
 
 def _image_error(path: str, what: str, formats: Optional[Sequence[str]], e: Exception):
@@ -76,8 +94,8 @@ def _image_error(path: str, what: str, formats: Optional[Sequence[str]], e: Exce
     one :class:`InputError` naming the file."""
     if isinstance(e, InputError):
         return e
-    if isinstance(e, FileNotFoundError):
-        return InputError(f"{path}: {what} file not found")
+    if isinstance(e, (FileNotFoundError, IsADirectoryError)):
+        return InputError(f"{path}: {not_a_file(path, what)}")
     if isinstance(e, Image.UnidentifiedImageError):
         kind = f"a {' or '.join(formats)} file" if formats else "an image format PIL reads"
         return InputError(f"{path}: unreadable {what} (not {kind})")
@@ -156,7 +174,8 @@ class BitDepthRule:
         if self.method == "divisor":
             return f"floor(v / {self.divisor:g})"
         if self.method == "percentile":
-            return f"per-image stretch between percentiles {self.percentiles[0]:g}-{self.percentiles[1]:g}"
+            low, high = self.percentiles
+            return f"per-image stretch between percentiles {low:g}-{high:g}"
         return "per-image min-max stretch"
 
     def apply(self, values: np.ndarray) -> np.ndarray:
@@ -222,7 +241,7 @@ def load_image(
     rule = bit_depth or BitDepthRule()
     notes: List[str] = []
     if not os.path.isfile(path):
-        raise InputError(f"{path}: image file not found")
+        raise InputError(f"{path}: {not_a_file(path, 'image')}")
     try:
         img = open_image(path)
     except InputError as e:
@@ -244,6 +263,68 @@ def load_image(
     if img.mode in _MODE_NOTES:
         notes.append(_MODE_NOTES[img.mode])
     return img, notes
+
+
+# Chunks after the pixel data that can carry EXIF orientation Detectron2 would apply.
+_PNG_LATE_METADATA = (b"eXIf", b"iTXt", b"tEXt", b"zTXt")
+# What Detectron2's EXIF transposes do to (height, width): orientations 5-8 swap them.
+_EXIF_SWAPS = (5, 6, 7, 8)
+
+
+def _png_needs_decode(f) -> bool:
+    """Walk a PNG's chunk headers (no pixel data is read): True when it does not reach IEND
+    (truncated) or has metadata after its pixel data, which only a full read sees."""
+    f.seek(8)
+    seen_idat = False
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return True
+        length, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_idat = True
+        elif seen_idat and kind in _PNG_LATE_METADATA:
+            return True
+        f.seek(length + 4, 1)
+
+
+def _jpeg_needs_decode(f) -> bool:
+    """True unless the file ends with the end-of-image marker (else truncated, or data
+    appended after the image, which only a full read tells apart)."""
+    f.seek(-2, 2)
+    return f.read(2) != b"\xff\xd9"
+
+
+def read_image_header(
+    path: str, bit_depth: Optional[BitDepthRule] = None
+) -> Tuple[Tuple[int, int], List[str]]:
+    """The (height, width) and the notes :func:`load_image` would give, read from the file's
+    headers without decoding its pixels: format, size, mode, EXIF orientation; a JPEG or PNG
+    that does not end as it should is decoded, as is every other format and any image with
+    more than 8 bits per sample, so the answer and the errors are those of a full read."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {not_a_file(path, 'image')}")
+    header = None
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            check = {"JPEG": _jpeg_needs_decode, "PNG": _png_needs_decode}.get(img.format)
+            if check is not None and img.mode not in _HIGH_BIT_MODES and not check(f):
+                # the base class reads EXIF from the headers; PNG's own method decodes first
+                header = Image.Image.getexif(img).get(0x0112, 1), img.size, img.mode
+    except Exception:
+        header = None
+    if header is None:
+        img, notes = load_image(path, bit_depth)
+        return (img.height, img.width), notes
+    exif, (w, h), mode = header
+    notes = []
+    if exif not in (None, 1):
+        notes.append(f"EXIF orientation {exif} applied (as Detectron2 does)")
+    if mode in _MODE_NOTES:
+        notes.append(_MODE_NOTES[mode])
+    return ((w, h) if exif in _EXIF_SWAPS else (h, w)), notes
 
 
 def read_image(
@@ -287,11 +368,31 @@ def read_label(path: str, what: str = "label") -> np.ndarray:
     """Semantic labels from a label PNG (:func:`read_label_png`) or a ``.npy`` array, the two
     forms a dataset dict's ``sem_seg_file_name`` may name."""
     if path.endswith(".npy"):
-        try:
-            return np.load(path)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: unreadable {what} array ({type(e).__name__}: {e})") from None
+        return read_label_npy(path, what)
     return read_label_png(path, what)
+
+
+def read_label_npy(path: str, what: str = "label") -> np.ndarray:
+    """A ``.npy`` label array, held to what a label PNG can hold: (H, W) integer class ids
+    (bool read as 0/1). Float labels are refused rather than truncated; value ranges are
+    checked against the classes by the dataset validation."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {not_a_file(path, what + ' array')}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: unreadable {what} array ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2:
+        shape = getattr(arr, "shape", None)
+        raise InputError(f"{path}: {what} array has shape {shape}; expected (height, width)")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(
+            f"{path}: {what} array has dtype {arr.dtype}; class ids must be integers "
+            "(as in a label PNG)"
+        )
+    return arr
 
 
 def read_panoptic_png(path: str, what: str = "panoptic") -> np.ndarray:

@@ -18,6 +18,8 @@ if _TOOLS not in sys.path:
 # removed when the session ends: some tests write hundreds of MB (a resumed training run).
 _SESSION_TMP = tempfile.mkdtemp(prefix="seg2-tests-")
 tempfile.tempdir = os.environ["TMPDIR"] = _SESSION_TMP
+# Validation results kept between starts (seg2.data.validation_cache) go there too.
+os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_TMP, "cache")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -9,6 +9,9 @@ not installed with seg2).
     python tools/benchmark.py evaluators --output DIR [--repeats R] [--num-images M] ...
     # seg2's models against Detectron2's at equal backbone: speed, memory, FLOPs, peak share
     python tools/benchmark.py models --output DIR [--repeats R] [--variants V ...] [KEY VALUE ...]
+    # registration + validation + train loader to the first batch against Detectron2's
+    # DefaultTrainer loader on generated COCO-style data (CPU s, memory; first/later start)
+    python tools/benchmark.py startup --output DIR --images 1000 10000 50000
     # both, into DIR/heads and DIR/evaluators
     python tools/benchmark.py all --output DIR --iters N
     # the make demo config trained and evaluated once per seed: mean and range of its figures
@@ -89,6 +92,21 @@ def _add_seeds_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
 
 
+def _add_startup_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("startup")
+    g.add_argument("--images", nargs="+", type=int, default=[1000, 10000], help="dataset sizes")
+    g.add_argument(
+        "--check-files", action="store_true", help="seg2 decodes every image (CHECK_FILES True)"
+    )
+    g.add_argument(
+        "--mapper-images", type=int, default=40, help="images per mapper round (0: none)"
+    )
+    g.add_argument("--mapper-rounds", type=int, default=5)
+    g.add_argument(
+        "--no-file-costs", action="store_true", help="skip the per-file costs at Cityscapes size"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("heads", [_add_heads_args]),
         ("evaluators", [_add_evaluator_args]),
         ("models", [_add_models_args]),
+        ("startup", [_add_startup_args]),
         ("all", [_add_evaluator_args, _add_heads_args]),
         ("seeds", [_add_seeds_args]),
     ):
@@ -184,6 +203,28 @@ def run_seeds(args, output: str):
     return runs
 
 
+def run_startup(args, output: str):
+    from benchmarks.startup import format_startup_table, run_startup_benchmark
+
+    result = run_startup_benchmark(
+        tempfile.mkdtemp(prefix="startup-"),
+        args.images,
+        seed=args.seed,
+        check_files=args.check_files,
+        mapper_images=args.mapper_images,
+        mapper_rounds=args.mapper_rounds,
+        cityscapes_files=not args.no_file_costs,
+    )
+    table = format_startup_table(result)
+    print(table)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "startup_benchmark.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    with open(os.path.join(output, "startup_benchmark.md"), "w") as f:
+        f.write(table + "\n")
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List:
     args = build_parser().parse_args(argv)
     if getattr(args, "opts", None) and args.opts[0] == "--":
@@ -202,6 +243,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List:
             return run_models(args, args.output)
         if args.command == "seeds":
             return run_seeds(args, args.output)
+
+
+        if args.command == "startup":
+            return run_startup(args, args.output)
         return run_evaluators(args, os.path.join(args.output, "evaluators")) + run_heads(
             args, os.path.join(args.output, "heads")
         )

@@ -4,15 +4,21 @@ bringing your own data.
 
     python tools/check_dataset.py --config-file configs/X.yaml [--datasets NAME ...] [KEY VALUE ...]
     python tools/check_dataset.py --coco-instances JSON IMAGE_ROOT
-    python tools/check_dataset.py --coco-panoptic PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT [INSTANCES_JSON]
+    python tools/check_dataset.py --coco-panoptic PANOPTIC_JSON IMAGE_ROOT PANOPTIC_ROOT \\
+        [INSTANCES_JSON]
     python tools/check_dataset.py --semantic IMAGE_ROOT LABEL_ROOT "class0,class1,..."
 
 With a config, the datasets are ``--datasets`` or else ``DATASETS.TRAIN``, ``DATASETS.TEST``
 and every ``DATASETS.SEG2.*`` entry; ``INPUT.SEG2.BIT_DEPTH`` and ``DATASETS.SEG2.CHECK_FILES``
-apply as in training. Prints one report per dataset (every problem with its file, id, field
+apply as in training (images are read from their headers unless ``DATASETS.SEG2.CHECK_FILES
+True`` decodes them fully; results are kept in ``DATASETS.SEG2.VALIDATION_CACHE_DIR``); the
+``DATASETS.TRAIN`` sets are checked as training checks them (something to learn from, one list
+of classes) and the ``DATASETS.TEST`` sets as scoring reads them (COCO ``area``); data given by
+path is checked as both. Prints one report per dataset (every problem with its file, id, field
 and value; each kind of conversion once with a count). Exit status: 0 all clean, 1 problems
 found, 2 unusable input (one line on stderr, no traceback).
 """
+
 import argparse
 import os
 import sys
@@ -26,6 +32,9 @@ except ImportError:  # run from a checkout without installing
 
 from seg2.io import InputError
 from seg2.utils.cli import add_debug_argument, set_debug, split_overrides, user_errors
+
+# The names data given by path is registered under.
+PATH_NAMES = ("check_coco_instances", "check_coco_panoptic", "check_semantic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +114,12 @@ def check(args) -> int:
     from detectron2.data import DatasetCatalog
 
     from seg2.data.datasets import register_from_config
-    from seg2.data.validate import configure_validation, validate_datasets
+    from seg2.data.validate import (
+        check_same_classes,
+        check_trainable,
+        configure_validation,
+        validate_datasets,
+    )
 
     cfg = load_cfg(args)
     register_from_config(cfg)
@@ -119,13 +133,27 @@ def check(args) -> int:
         raise InputError(
             f"--datasets: {unknown} not registered (DATASETS.SEG2.* registers data by path)"
         )
-    configure_validation(cfg, on_bad_sample="report")
+    # Data given by path is checked as data that is trained on and scored; the config says
+    # which others are.
+    scored = frozenset(cfg.DATASETS.TEST) | (set(PATH_NAMES) & set(names))
+    trained = set(cfg.DATASETS.TRAIN) | (set(PATH_NAMES) & set(names))
+    configure_validation(cfg, on_bad_sample="report", scored=scored)
     bad, unusable = 0, 0
+    try:  # as training checks them, when the training datasets are among those checked
+        check_same_classes([n for n in cfg.DATASETS.TRAIN if n in names])
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        unusable += 1
     for name in names:
         try:
             report = validate_datasets(None, [name])[name]
+            if name in trained:  # as training checks it
+                check_trainable(name, DatasetCatalog.get(name))
         except InputError as e:  # the dataset as a whole is unusable (e.g. malformed JSON)
-            print(f"error: dataset '{name}': {e}", file=sys.stderr)
+            msg = str(e)
+            if not msg.startswith(f"dataset '{name}'"):
+                msg = f"dataset '{name}': {msg}"
+            print(f"error: {msg}", file=sys.stderr)
             unusable += 1
             continue
         print(report.format(args.max_problems))

@@ -3,10 +3,12 @@
 
     python tools/evaluate.py semantic --gt-dir GT --pred-dir PRED --num-classes K \\
         [--ignore-label 255] [--class-names a b ...] [--output metrics.json]
-    python tools/evaluate.py instances --gt-json G --pred-json P [--iou-types bbox segm] [--output ...]
-    python tools/evaluate.py panoptic --gt-json G --gt-dir GD --pred-json P --pred-dir PD [--output ...]
-    python tools/evaluate.py cityscapes-{instance,semantic,panoptic} --gt-root ROOT --pred-dir PRED \\
-        [--split val] [--output ...]
+    python tools/evaluate.py instances --gt-json G --pred-json P [--iou-types bbox segm] \\
+        [--output ...]
+    python tools/evaluate.py panoptic --gt-json G --gt-dir GD --pred-json P --pred-dir PD \\
+        [--output ...]
+    python tools/evaluate.py cityscapes-{instance,semantic,panoptic} --gt-root ROOT \\
+        --pred-dir PRED [--split val] [--output ...]
 
 Prints tables and writes the metrics as JSON under the keys ``tools/train_net.py`` uses
 (``sem_seg``, ``bbox``/``segm``, ``panoptic_seg``; ``cityscapes_instance``,
@@ -133,7 +135,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
         report = ValidationReport(args.gt_json)  # the ground truth's JSON, checked up front
         check_coco_panoptic_json(read_json(args.gt_json), args.gt_json, report)
         if not report.ok:
-            raise InputError(f"{report.format()}\n{len(report.problems)} problem(s) in the ground truth")
+            count = len(report.problems)
+            raise InputError(f"{report.format()}\n{count} problem(s) in the ground truth")
 
         res = pq_compute_files(
             args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, args.num_workers

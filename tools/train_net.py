@@ -11,7 +11,9 @@ MODEL.WEIGHTS alone (the config it was trained with, then the overrides).
 Evaluators are chosen from each test dataset's metadata; results land in
 OUTPUT_DIR/eval_results.json (OUTPUT_DIR/metrics.json stays Detectron2's training log) and
 prediction overlays in OUTPUT_DIR/vis. Bad data or config ends with one line on stderr and
-exit status 2 (--debug or SEG2_DEBUG=1 shows the traceback).
+exit status 2 (--debug or SEG2_DEBUG=1 shows the traceback), as does an OUTPUT_DIR that
+another run is using. SIGTERM stops training after the current iteration with a checkpoint
+at it and exit status 143; --resume continues from there.
 """
 import logging
 import os
@@ -21,7 +23,9 @@ from detectron2.utils import comm
 
 import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
-from seg2.engine.defaults import format_metrics_table, setup_cfg, write_metrics
+from seg2.engine.defaults import build_cfg, format_metrics_table, setup_run, write_metrics
+from seg2.engine.preemption import forward_stop_signals
+from seg2.engine.run_lock import hold_output_dir
 from seg2.utils.cli import add_debug_argument, run_cli, set_debug, user_errors
 from seg2.utils.visualize import save_prediction_overlays
 
@@ -50,7 +54,15 @@ def finish(cfg, model, results):
 
 @user_errors
 def main(args):
-    cfg = setup_cfg(args)
+    cfg = build_cfg(args)
+    cfg.freeze()
+    with hold_output_dir(cfg.OUTPUT_DIR):  # before anything is written there
+        setup_run(cfg, args)
+        return run(cfg, args)
+
+
+def run(cfg, args):
+    """Evaluate (--eval-only) or train, then write the results (this process's part)."""
     if args.eval_only:
         model = Seg2Trainer.build_model(cfg)
         # strict: a checkpoint whose shapes do not fit this config is an error, not a
@@ -73,12 +85,13 @@ if __name__ == "__main__":
     args = add_debug_argument(default_argument_parser()).parse_args()
     set_debug(args.debug)
     print("Command Line Args:", args)
-    run_cli(
-        launch,
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    with forward_stop_signals(args.num_gpus * args.num_machines > 1):  # to launch's processes
+        run_cli(
+            launch,
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

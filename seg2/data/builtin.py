@@ -7,7 +7,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .cityscapes import register_cityscapes
 from .coco import register_coco_instances
-from .coco_panoptic import load_coco_panoptic, panoptic_metadata, register_coco_panoptic, separated_metadata
+from .coco_panoptic import (
+    load_coco_panoptic,
+    panoptic_metadata,
+    register_coco_panoptic,
+    separated_metadata,
+)
 from .synthetic.meta import CATEGORIES, IGNORE_LABEL, SPLITS
 
 __all__ = ["register_synthetic"]
@@ -27,7 +32,15 @@ def _synthetic_semantic(root: str, split: str, meta: Dict) -> List[Dict]:
         meta,
         semantic_root=os.path.join(root, f"semantic_{split}"),
     )
-    keep = ("file_name", "image_id", "height", "width", "sem_seg_file_name", "pan_seg_file_name", "segments_info")
+    keep = (
+        "file_name",
+        "image_id",
+        "height",
+        "width",
+        "sem_seg_file_name",
+        "pan_seg_file_name",
+        "segments_info",
+    )
     return [{k: d[k] for k in keep} for d in pan_dicts]
 
 
@@ -44,7 +57,8 @@ def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") ->
     root = root or _synthetic_root()
     register_cityscapes(os.path.join(root, "cityscapes"), prefix=f"{prefix}_cityscapes")
     pan_meta = panoptic_metadata(CATEGORIES)
-    thing_meta = {k: pan_meta[k] for k in ("thing_classes", "thing_colors", "thing_dataset_id_to_contiguous_id")}
+    thing_keys = ("thing_classes", "thing_colors", "thing_dataset_id_to_contiguous_id")
+    thing_meta = {k: pan_meta[k] for k in thing_keys}
     for split in SPLITS:
         images = os.path.join(root, "images", split)
         instances = os.path.join(root, "annotations", f"instances_{split}.json")

@@ -8,18 +8,40 @@ import numbers
 from collections import Counter
 from typing import Dict, List, Tuple
 
-__all__ = ["check_coco_panoptic_json"]
+__all__ = [
+    "is_int",
+    "is_num",
+    "check_ids",
+    "check_top_level",
+    "check_images_json",
+    "report_unknown_image",
+    "check_categories",
+    "check_coco_panoptic_json",
+    "check_not_empty",
+    "check_stuff_not_crowd",
+]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def is_int(v) -> bool:
+    """A JSON integer (booleans are not)."""
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
-def _is_num(v) -> bool:
+# COCO ids end up in int64 arrays (pycocotools, Detectron2, torch).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def is_num(v) -> bool:
+    """A finite JSON number (booleans are not)."""
+    t = type(v)
+    if t is int:
+        return True
+    if t is float:
+        return math.isfinite(v)
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set:
+def check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set:
     """Integer ids, each used once (a duplicate is reported once, with its count); returns
     every integer id, so references to a duplicated id are not reported again."""
     counts = Counter(x.get("id") for x in items if isinstance(x, dict))
@@ -30,13 +52,13 @@ def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set
             continue
         v = x.get("id")
         sample = sample_of(x) if sample_of else None
-        if not _is_int(v):
+        if not is_int(v) or not INT64_MIN <= v <= INT64_MAX:
             report.add(
                 path,
                 f"{kind} #{i}",
                 "id",
                 v,
-                "id must be an integer",
+                "id must be an integer" if not is_int(v) else "id does not fit in 64 bits",
                 sample if isinstance(sample, (str, int, float)) else None,
             )
             continue
@@ -50,7 +72,8 @@ def _check_ids(items: List, path: str, kind: str, report, sample_of=None) -> set
     return ids
 
 
-def _top_level(data, path: str, report) -> bool:
+def check_top_level(data, path: str, report) -> bool:
+    """A JSON object with the lists 'images', 'annotations' and 'categories'."""
     if not isinstance(data, dict):
         report.add(path, "", "", type(data).__name__, "a COCO file must be a JSON object")
         return False
@@ -61,23 +84,36 @@ def _top_level(data, path: str, report) -> bool:
                 path, "", key, data.get(key, "<missing>"), "top-level field missing or not a list"
             )
             ok = False
-    return ok
+    return ok and check_not_empty(data, path, report)
 
 
-def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
+def check_not_empty(data: Dict, path: str, report) -> bool:
+    """A COCO file with no image has nothing to train on or score (Detectron2 would stop on
+    an assertion); False if so. Files without annotations are refused only for training
+    (see ``check_trainable``): scoring them gives NaN with a warning."""
+    if not data["images"]:
+        report.add(path, "", "images", [], "no images: nothing to train on or score")
+        return False
+    return True
+
+
+def check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     """({id: image} of every image with a valid id, {id: image} of those also usable: size
     fields positive integers and a file name)."""
-    ids = _check_ids(images, path, "image", report, sample_of=lambda im: im.get("id"))
+    ids = check_ids(images, path, "image", report, sample_of=lambda im: im.get("id"))
     known, usable = {}, {}
     for im in images:
-        if isinstance(im, dict) and isinstance(im.get("id"), (str, float)):
+        if isinstance(im, dict) and (
+            isinstance(im.get("id"), (str, float))
+            or (is_int(im.get("id")) and im["id"] not in ids)
+        ):
             known.setdefault(im["id"], im)  # reported; references to it are not reported again
         if not isinstance(im, dict) or im.get("id") not in ids or im["id"] in known:
             continue
         known[im["id"]] = im
         where, ok = f"image {im['id']}", True
         for key in ("height", "width"):
-            if not (_is_int(im.get(key)) and im[key] > 0):
+            if not (is_int(im.get(key)) and im[key] > 0):
                 report.add(
                     path,
                     where,
@@ -102,7 +138,7 @@ def _check_images_json(images: List, path: str, report) -> Tuple[Dict, Dict]:
     return known, usable
 
 
-def _report_unknown_image(img_id, known, path: str, where: str, report) -> None:
+def report_unknown_image(img_id, known, path: str, where: str, report) -> None:
     """An annotation's image_id that no image has (ids already reported as malformed in
     'images' are in ``known`` and not reported twice)."""
     if img_id not in known:
@@ -110,8 +146,10 @@ def _report_unknown_image(img_id, known, path: str, where: str, report) -> None:
         report.add(path, where, "image_id", img_id, "not the id of an image in 'images'", sample)
 
 
-def _check_categories(cats: List, path: str, report, panoptic: bool = False) -> Dict:
-    ids = _check_ids(cats, path, "category", report)
+def check_categories(cats: List, path: str, report, panoptic: bool = False) -> Dict:
+    """{id: category} of the categories with a valid id; names (and, for panoptic,
+    ``isthing``) checked."""
+    ids = check_ids(cats, path, "category", report)
     out = {}
     for c in cats:
         if not isinstance(c, dict) or c.get("id") not in ids or c["id"] in out:
@@ -135,10 +173,10 @@ def _check_categories(cats: List, path: str, report, panoptic: bool = False) -> 
 def check_coco_panoptic_json(data, path: str, report) -> bool:
     """COCO panoptic JSON: image/category ids, one annotation per image, segment ids and
     categories. The PNGs are checked by :func:`check_panoptic_file`. False if unusable."""
-    if not _top_level(data, path, report):
+    if not check_top_level(data, path, report):
         return False
-    known, images = _check_images_json(data["images"], path, report)
-    cats = _check_categories(data["categories"], path, report, panoptic=True)
+    known, images = check_images_json(data["images"], path, report)
+    cats = check_categories(data["categories"], path, report, panoptic=True)
     seen = Counter()
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict):
@@ -147,7 +185,7 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
         img_id = a.get("image_id")
         where = f"annotation of image {img_id!r}"
         if img_id not in images:
-            _report_unknown_image(img_id, known, path, where, report)
+            report_unknown_image(img_id, known, path, where, report)
             continue
         seen[img_id] += 1
         if seen[img_id] == 2:
@@ -180,12 +218,13 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
             )
             continue
         ids = Counter(s.get("id") for s in segs if isinstance(s, dict))
+        dup_reported = set()
         for s in segs:
             if not isinstance(s, dict):
                 report.add(path, where, "segments_info", s, "segment is not a JSON object", img_id)
                 continue
             sw = f"segment {s.get('id')!r} of image {img_id}"
-            if not (_is_int(s.get("id")) and 0 < s["id"] < 256**3):
+            if not (is_int(s.get("id")) and 0 < s["id"] < 256**3):
                 report.add(
                     path,
                     sw,
@@ -195,7 +234,11 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                     img_id,
                 )
             elif ids[s["id"]] > 1:
-                report.add(path, sw, "id", s["id"], "two segments share this id", img_id)
+                if s["id"] not in dup_reported:
+                    report.add(
+                        path, sw, "id", s["id"], f"{ids[s['id']]} segments share this id", img_id
+                    )
+                dup_reported.add(s["id"])
             if s.get("category_id") not in cats:
                 report.add(
                     path,
@@ -218,6 +261,8 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                 )
             if s.get("iscrowd", 0) not in (0, 1, True, False):
                 report.add(path, sw, "iscrowd", s.get("iscrowd"), "must be 0 or 1", img_id)
+            else:
+                check_stuff_not_crowd(s, cats, path, sw, report, img_id)
     for img_id in images:
         if img_id not in seen:
             report.add(
@@ -229,3 +274,18 @@ def check_coco_panoptic_json(data, path: str, report) -> bool:
                 img_id,
             )
     return True
+
+
+def check_stuff_not_crowd(seg: Dict, cats: Dict, path: str, where: str, report, sample) -> None:
+    """COCO panoptic marks only thing segments as crowd: PQ drops crowd segments from
+    matching, so a crowd stuff segment would silently vanish from the score."""
+    cat = cats.get(seg.get("category_id"))
+    if seg.get("iscrowd") and cat is not None and not cat.get("isthing"):
+        report.add(
+            path,
+            where,
+            "iscrowd",
+            seg["iscrowd"],
+            f"category {seg['category_id']} is stuff (isthing 0); only thing segments can be crowd",
+            sample,
+        )

@@ -296,7 +296,8 @@ def _polygon_instance_ids(path: str) -> np.ndarray:
         annotation.fromJsonFile(path)
         image = run_official(createInstanceImage, annotation, "ids", source=path)
     except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: not a Cityscapes polygon file ({type(e).__name__}: {e})") from None
+        why = f"{type(e).__name__}: {e}"
+        raise InputError(f"{path}: not a Cityscapes polygon file ({why})") from None
     return np.asarray(image)
 
 

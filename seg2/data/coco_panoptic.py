@@ -13,10 +13,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..io import InputError, read_json, read_panoptic_png, write_png
 from .check_annotations import check_coco_panoptic_json
-from .check_files import check_dataset_dicts
-from .coco import check_coco_instances, keep_images, load_coco_dicts
-from .validate import ValidationReport, finish_validation, validation_options
+from .check_files import check_dataset_dicts, check_folder
+from .check_instances import check_instances_match_panoptic
+from .coco import check_coco_instances, coco_instances_dicts
 from .synthetic.meta import IGNORE_LABEL
+from .validate import ValidationReport, finish_validation, validation_cache, validation_options
+from .validation_cache import file_digest
 
 __all__ = [
     "panoptic_metadata",
@@ -116,8 +118,20 @@ def load_coco_panoptic(
     """
     name = dataset_name or panoptic_json
     report = ValidationReport(name)
+    report.cache = cache = validation_cache(
+        ["coco_panoptic", os.path.abspath(panoptic_json), image_root, panoptic_root, instances_json]
+    )
     data = read_json(panoptic_json)
-    if not check_coco_panoptic_json(data, panoptic_json, report):
+    digest = file_digest(panoptic_json)
+    found = cache.json_results(digest)
+    if found is None:
+        part = ValidationReport(name)
+        usable = check_coco_panoptic_json(data, panoptic_json, part)
+        found = {"problems": part.problem_rows(), "notes": part.notes, "usable": usable}
+        cache.store_json(digest, found)
+    report.extend(found["problems"], found["notes"])
+    if not found["usable"]:
+        cache.save()
         finish_validation(report, [], lambda d: None)
     if "stuff_dataset_id_to_contiguous_id" not in meta:  # registration could not read the file
         cats = [
@@ -163,9 +177,19 @@ def load_coco_panoptic(
             stem = os.path.splitext(ann["file_name"])[0]
             record["sem_seg_file_name"] = os.path.join(semantic_root, stem + ".png")
         dicts.append(record)
-    check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json)
+    roots = [("image_root", image_root), ("panoptic_root", panoptic_root)]
+    roots += [("semantic_root", semantic_root)] if semantic_root is not None else []
+    if all([check_folder(folder, what, report, panoptic_json) for what, folder in roots]):
+        check_dataset_dicts(dicts, report, meta, validation_options(), panoptic_json, cache)
     report.num_samples = len(images)
-    inst_data = check_coco_instances(instances_json, None, report) if instances_json else None
+    inst_data = None
+    if instances_json:
+        inst_data = check_coco_instances(instances_json, None, report, cache)
+    cache.save()
+    if inst_data is not None:
+        check_instances_match_panoptic(
+            inst_data, instances_json, data["categories"], panoptic_json, report
+        )
     dicts = finish_validation(report, dicts, lambda d: d["image_id"])
 
     if semantic_root is None:
@@ -182,10 +206,11 @@ def load_coco_panoptic(
         for s in d["segments_info"]:
             s.pop("dataset_category_id")
     if instances_json:
-        inst_data = keep_images(inst_data, [d["image_id"] for d in dicts])
         by_image = {
             d["image_id"]: d["annotations"]
-            for d in load_coco_dicts(inst_data, instances_json, image_root, name)
+            for d in coco_instances_dicts(
+                inst_data, image_root, name, [d["image_id"] for d in dicts], instances_json
+            )
         }
         for d in dicts:
             d["annotations"] = by_image.get(d["image_id"], [])

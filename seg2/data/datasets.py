@@ -52,7 +52,8 @@ def register_from_config(cfg) -> None:
         for entry in getattr(cfg.DATASETS.SEG2, key):
             if isinstance(entry, str) or len(entry) not in lengths:
                 raise InputError(
-                    f"DATASETS.SEG2.{key}: each entry must be a list of {lengths} items, got {entry!r}"
+                    f"DATASETS.SEG2.{key}: each entry must be a list of {lengths} items, "
+                    f"got {entry!r}"
                 )
             if entry[0] not in DatasetCatalog.list():
                 yield entry

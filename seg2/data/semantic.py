@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..io import InputError
 from .check_files import check_dataset_dicts
 from .synthetic.meta import IGNORE_LABEL
-from .validate import ValidationReport, finish_validation, validation_options
+from .validate import ValidationReport, finish_validation, validation_cache, validation_options
 
 __all__ = ["load_semantic", "register_semantic", "IMAGE_EXTENSIONS"]
 
@@ -29,7 +29,8 @@ def load_semantic(
     values >= ``len(class_names)`` are all reported together (``seg2.data.validate``)."""
     for folder, what in ((image_root, "image"), (label_root, "label")):
         if not os.path.isdir(folder):
-            raise InputError(f"{folder}: {what} folder not found")
+            why = "folder path is a file" if os.path.exists(folder) else "folder not found"
+            raise InputError(f"{folder}: {what} {why}")
     report = ValidationReport(dataset_name or label_root)
     images = {
         os.path.splitext(f)[0]: f
@@ -64,7 +65,10 @@ def load_semantic(
         for stem in sorted(set(images) & set(labels))
     ]
     meta = {"stuff_classes": list(class_names or []), "ignore_label": ignore_label}
-    check_dataset_dicts(dicts, report, meta, validation_options(), label_root)
+    roots = [os.path.abspath(image_root), os.path.abspath(label_root)]
+    report.cache = validation_cache(["semantic", *roots])
+    check_dataset_dicts(dicts, report, meta, validation_options(), label_root, report.cache)
+    report.cache.save()
     report.num_samples = len(set(images) | set(labels))
     return finish_validation(report, dicts, lambda d: d["file_name"])
 

@@ -163,7 +163,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return [tagged] + others
         if others:
             said = f"names {tagged}: {problem}" if tagged else "is missing"
-            logger.warning(f"{tag} {said}; resuming from the newest readable checkpoint, {others[0]}")
+            logger.warning(
+                f"{tag} {said}; resuming from the newest readable checkpoint, {others[0]}"
+            )
             return others
         if not tagged:
             return []

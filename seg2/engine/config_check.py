@@ -155,6 +155,21 @@ def _refused(cfg: CfgNode, key: str, merge) -> Optional[str]:
     return None
 
 
+def _merge_nested(cfg: CfgNode, key: str, value) -> None:
+    cfg.merge_from_other_cfg(CfgNode(_nested(key, value)))
+
+
+def _raise_refused(cfg: CfgNode, pairs, merge_one, where) -> None:
+    """A :class:`ConfigError` for the first ``(key, value)`` that ``cfg`` refuses when merged
+    alone into a copy (``merge_one(copy, key, value)``); ``where`` is the source's name, or a
+    function of the key that gives it. Returns when every pair merges alone."""
+    for key, value in pairs:
+        why = _refused(cfg, key, lambda c: merge_one(c, key, value))
+        if why:
+            source = where(key) if callable(where) else where
+            raise ConfigError(f"{source}: {why}") from None
+
+
 def _file_with_key(files: Sequence[str], dotted: str) -> str:
     """The leaf-most file of the chain whose own YAML sets ``dotted``."""
     for path in files:
@@ -184,12 +199,7 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> CfgNode:
     try:
         cfg.merge_from_file(config_file)
     except (KeyError, ValueError, AssertionError, TypeError):
-        for key, value in _leaves(cfg, merged):
-            why = _refused(
-                cfg, key, lambda c: c.merge_from_other_cfg(CfgNode(_nested(key, value)))
-            )
-            if why:
-                raise ConfigError(f"{_file_with_key(files, key)}: {why}") from None
+        _raise_refused(cfg, _leaves(cfg, merged), _merge_nested, lambda k: _file_with_key(files, k))
         raise
     return cfg
 
@@ -203,10 +213,8 @@ def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError, TypeError):
-        for key, value in zip(opts[0::2], opts[1::2]):
-            why = _refused(cfg, key, lambda c: c.merge_from_list([key, value]))
-            if why:
-                raise ConfigError(f"command line: {why}") from None
+        pairs = zip(opts[0::2], opts[1::2])
+        _raise_refused(cfg, pairs, lambda c, k, v: c.merge_from_list([k, v]), "command line")
         raise
     return cfg
 
@@ -223,12 +231,7 @@ def merge_config_text(cfg: CfgNode, text: str, source: str) -> CfgNode:
     try:
         cfg.merge_from_other_cfg(CfgNode(data))
     except (KeyError, ValueError, AssertionError, TypeError):
-        for key, value in _leaves(cfg, data):
-            why = _refused(
-                cfg, key, lambda c: c.merge_from_other_cfg(CfgNode(_nested(key, value)))
-            )
-            if why:
-                raise ConfigError(f"{source}: its stored config: {why}") from None
+        _raise_refused(cfg, _leaves(cfg, data), _merge_nested, f"{source}: its stored config")
         raise
     return cfg
 

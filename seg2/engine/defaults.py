@@ -12,12 +12,19 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from ..config import add_seg2_config
-from .config_check import check_config, merge_config_list
-from .trained_model import merge_base_config
 from ..data.datasets import register_from_config, validate_datasets
 from ..io import write_json
+from .config_check import check_config, merge_config_list
+from .trained_model import merge_base_config
 
-__all__ = ["build_cfg", "setup_cfg", "write_metrics", "format_metrics_table", "RESULTS_FILE"]
+__all__ = [
+    "build_cfg",
+    "setup_run",
+    "setup_cfg",
+    "write_metrics",
+    "format_metrics_table",
+    "RESULTS_FILE",
+]
 
 # Evaluation results of tools/train_net.py. Not metrics.json: that is Detectron2's JSONWriter
 # log of every training iteration (JSON lines), which its tools and TensorBoard curves read.
@@ -50,18 +57,23 @@ def build_cfg(args, **checks) -> CfgNode:
     return cfg
 
 
-def setup_cfg(args, validate: Optional[Sequence[str]] = None, **checks) -> CfgNode:
-    """:func:`build_cfg`, frozen, with Detectron2's ``default_setup`` (OUTPUT_DIR, its
-    config.yaml and log) and the datasets the run reads validated before the first iteration:
-    ``validate``, by default DATASETS.TRAIN and TEST (TEST only for ``--eval-only``)."""
-    cfg = build_cfg(args, **checks)
-    cfg.freeze()
+def setup_run(cfg: CfgNode, args, validate: Optional[Sequence[str]] = None) -> None:
+    """Detectron2's ``default_setup`` (OUTPUT_DIR, its config.yaml and log, seeds), seg2's
+    logger, and the datasets the run reads validated before the first iteration: ``validate``,
+    by default DATASETS.TRAIN and TEST (TEST only for ``--eval-only``)."""
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="seg2", abbrev_name="seg2")
     if validate is None:
         eval_only = getattr(args, "eval_only", False)
         validate = cfg.DATASETS.TEST if eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
     validate_datasets(cfg, validate)
+
+
+def setup_cfg(args, validate: Optional[Sequence[str]] = None, **checks) -> CfgNode:
+    """:func:`build_cfg`, frozen, then :func:`setup_run`."""
+    cfg = build_cfg(args, **checks)
+    cfg.freeze()
+    setup_run(cfg, args, validate)
     return cfg
 
 

@@ -12,7 +12,8 @@ import contextlib
 import itertools
 import logging
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..io import InputError
+from .preemption import ignore_stop_signals
 
 __all__ = [
     "ResumableTrainLoader",
@@ -144,7 +146,7 @@ class ResumableTrainLoader:
     loader contract) whose position is checkpointable (:meth:`state_dict`).
 
     Args:
-        dataset: list of dataset dicts.
+        dataset: list of dataset dicts, or a ``DatasetFromList`` of them (kept as it is).
         mapper: dataset dict -> model input dict (None = skip the sample).
         sampler_factory: seed -> an infinite index sampler for this rank (Detectron2's
             ``TrainingSampler`` and friends); called in the main process at each ``iter``.
@@ -157,7 +159,7 @@ class ResumableTrainLoader:
 
     def __init__(
         self,
-        dataset: List[Dict],
+        dataset: Sequence[Dict],
         mapper: Callable,
         sampler_factory: Callable[[int], Any],
         batch_size: int,
@@ -165,7 +167,11 @@ class ResumableTrainLoader:
         aspect_ratio_grouping: bool = True,
         num_workers: int = 0,
     ):
-        self._dataset = DatasetFromList(dataset, copy=False, serialize=True)
+        self._dataset = (
+            dataset
+            if isinstance(dataset, DatasetFromList)
+            else DatasetFromList(dataset, copy=False, serialize=True)
+        )
         self._mapper = mapper
         self._sampler_factory = sampler_factory
         self.batch_size = batch_size
@@ -175,6 +181,7 @@ class ResumableTrainLoader:
         self._next = 0  # first stream position not yet received
         self._pending: List[List[int]] = [[], []]  # received, not yet batched, per bucket
         self._skipped = 0
+        self._open = weakref.WeakSet()  # iterations in progress (generators)
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -198,6 +205,18 @@ class ResumableTrainLoader:
         return int(not d["width"] > d["height"]) if self._grouping else 0
 
     def __iter__(self) -> Iterator[List[Dict]]:
+        batches = self._batches()
+        self._open.add(batches)
+        return batches
+
+    def close(self) -> None:
+        """End the iterations in progress, shutting their loader workers down now. Left to
+        garbage collection, that can come after multiprocessing's exit handler, which would
+        then wait for workers that ignore SIGTERM (:func:`ignore_stop_signals`)."""
+        for batches in list(self._open):
+            batches.close()
+
+    def _batches(self) -> Iterator[List[Dict]]:
         sampler = self._sampler_factory(self.seed)
         stream = _SampleStream(
             self._dataset, self._mapper, sampler, self.seed, comm.get_rank(), self._next
@@ -217,6 +236,7 @@ class ResumableTrainLoader:
             num_workers=self._num_workers,
             collate_fn=_identity,
             generator=generator,
+            worker_init_fn=ignore_stop_signals if self._num_workers else None,
         )
         for position, item in loader:
             self._next = position + 1
@@ -239,8 +259,11 @@ class ResumableTrainLoader:
                 self._pending[b].append(position)
 
 
-def build_sampler_factory(cfg, dataset: List[Dict]) -> Callable[[int], Any]:
-    """seed -> the sampler ``DATALOADER.SAMPLER_TRAIN`` names, seeded with it."""
+def build_sampler_factory(cfg, dataset: Sequence[Dict]) -> Callable[[int], Any]:
+    """seed -> the sampler ``DATALOADER.SAMPLER_TRAIN`` names, seeded with it. What the
+    samplers need of ``dataset`` (its length, repeat factors) is taken now: the factory
+    keeps no reference to it, except for a sampler Detectron2 builds that seg2 does not
+    know (then give the serialized dataset the loader holds)."""
     from detectron2.data import build_detection_train_loader
     from detectron2.data.samplers import (
         RandomSubsetTrainingSampler,
@@ -248,23 +271,21 @@ def build_sampler_factory(cfg, dataset: List[Dict]) -> Callable[[int], Any]:
         TrainingSampler,
     )
 
-    name = cfg.DATALOADER.SAMPLER_TRAIN
+    name, size = cfg.DATALOADER.SAMPLER_TRAIN, len(dataset)
+    if name == "TrainingSampler":
+        return lambda seed: TrainingSampler(size, seed=seed)
+    if name == "RepeatFactorTrainingSampler":
+        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+        )
+        return lambda seed: RepeatFactorTrainingSampler(factors, seed=seed)
+    if name == "RandomSubsetTrainingSampler":
+        ratio = cfg.DATALOADER.RANDOM_SUBSET_RATIO
+        return lambda seed: RandomSubsetTrainingSampler(
+            size, ratio, seed_shuffle=seed, seed_subset=seed
+        )
 
     def make(seed: int):
-        if name == "TrainingSampler":
-            return TrainingSampler(len(dataset), seed=seed)
-        if name == "RepeatFactorTrainingSampler":
-            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
-            )
-            return RepeatFactorTrainingSampler(factors, seed=seed)
-        if name == "RandomSubsetTrainingSampler":
-            return RandomSubsetTrainingSampler(
-                len(dataset),
-                cfg.DATALOADER.RANDOM_SUBSET_RATIO,
-                seed_shuffle=seed,
-                seed_subset=seed,
-            )
         # Other samplers draw their seeds from the global RNGs: seed those, for this call only.
         with _seeded(seed):
             return build_detection_train_loader.from_config(cfg, mapper=_identity, dataset=dataset)[
@@ -285,8 +306,11 @@ def data_seed(cfg) -> int:
 
 class TrainingState:
     """Checkpointable (``state_dict``/``load_state_dict``) holding, per process, the train
-    loader's position and the RNG states. Captured by :class:`CaptureTrainingState` on every
-    process at checkpoint iterations (only the main process writes the file)."""
+    loader's position and the RNG states. Captured on every process (a collective) by
+    :class:`CaptureTrainingState` at checkpoint iterations, or by the stop-on-signal hook; only
+    the main process writes the file. A capture serves every save until :meth:`discard` (the
+    next iteration): Detectron2 saves ``model_NNNNNNN`` and ``model_final`` after the same
+    iteration when ``MAX_ITER`` is a multiple of ``CHECKPOINT_PERIOD``."""
 
     def __init__(self, loader: Optional[ResumableTrainLoader]):
         self.loader = loader
@@ -303,9 +327,11 @@ class TrainingState:
         local = self._local()
         self._snapshot = comm.all_gather(local) if comm.get_world_size() > 1 else [local]
 
+    def discard(self) -> None:
+        self._snapshot = None
+
     def state_dict(self) -> Dict[str, Any]:
         ranks = self._snapshot if self._snapshot is not None else [self._local()]
-        self._snapshot = None
         return {"world_size": len(ranks), "ranks": ranks}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -327,11 +353,15 @@ class TrainingState:
 class CaptureTrainingState(HookBase):
     """Snapshot :class:`TrainingState` after the iterations whose checkpoint Detectron2's
     ``PeriodicCheckpointer`` writes (every ``period`` and the last), on all processes; runs
-    just before that hook, after the optimizer step and PreciseBN."""
+    just before that hook, after the optimizer step and PreciseBN. The snapshot is dropped
+    when the next iteration starts, so no later save can write a stale one."""
 
     def __init__(self, state: TrainingState, period: int):
         self._state = state
         self._period = period
+
+    def before_step(self):
+        self._state.discard()
 
     def after_step(self):
         it = self.trainer.iter

@@ -1,6 +1,6 @@
 """Seg2Trainer: Detectron2's DefaultTrainer with seg2's mapper, evaluators and checkpointer,
-DistributedDataParallel that also works on CPU (gloo), an exactly resumable train loader and
-a clean stop on non-finite losses."""
+DistributedDataParallel that also works on CPU (gloo), an exactly resumable train loader, a
+clean stop on non-finite losses and a checkpointed stop on SIGTERM."""
 
 import contextlib
 import logging
@@ -8,6 +8,7 @@ from unittest import mock
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data.common import DatasetFromList
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
@@ -19,7 +20,7 @@ from ..io import InputError
 from ..modeling.roi_align import use_fast_roi_align
 from .checkpoint import AtomicCheckpointer
 from .divergence import TrainingDivergedError, stop_on_non_finite_losses
-from .trained_model import describe_training
+from .preemption import StopOnSignal
 from .resume import (
     CaptureTrainingState,
     ResumableTrainLoader,
@@ -28,6 +29,7 @@ from .resume import (
     data_seed,
     preserved_rng,
 )
+from .trained_model import describe_training
 
 __all__ = ["Seg2Trainer", "create_ddp_model"]
 
@@ -47,8 +49,10 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 class Seg2Trainer(DefaultTrainer):
     """DefaultTrainer overriding only its public builders and hooks: data mapper and a
     resumable train loader, evaluators, an atomic checkpointer that also saves the loader
-    position and RNG states (:mod:`seg2.engine.resume`), and a check that stops at the first
-    non-finite loss (:mod:`seg2.engine.divergence`) without checkpointing the bad state."""
+    position and RNG states (:mod:`seg2.engine.resume`), a check that stops at the first
+    non-finite loss (:mod:`seg2.engine.divergence`) without checkpointing the bad state, and
+    a stop on SIGTERM after the current iteration with a checkpoint at it
+    (:mod:`seg2.engine.preemption`)."""
 
     def __init__(self, cfg):
         # Detectron2 builds DDP with device_ids=[local_rank], which CPU modules reject, and
@@ -77,8 +81,9 @@ class Seg2Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """Detectron2's hooks, with the atomic checkpointer (also saving
-        :class:`TrainingState`), a state capture just before the checkpoint hook, and an
-        evaluation hook that keeps its results in :attr:`eval_results`."""
+        :class:`TrainingState`), a state capture just before the checkpoint hook, a stop on
+        SIGTERM before evaluation, and an evaluation hook that keeps its results in
+        :attr:`eval_results`."""
         loader = self.data_loader if isinstance(self.data_loader, ResumableTrainLoader) else None
         self.training_state = TrainingState(loader)
         self.checkpointer = AtomicCheckpointer(
@@ -89,18 +94,26 @@ class Seg2Trainer(DefaultTrainer):
             extra_data=describe_training(self.cfg),  # the file alone rebuilds the model
         )
         self.eval_results = None
-        capture = CaptureTrainingState(self.training_state, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+        capture = CaptureTrainingState(self.training_state, period)
+        self.stop_on_signal = StopOnSignal(self.checkpointer, self.training_state, period)
         ret = []
         for h in super().build_hooks():
             # the capture runs on every process, right before the (main-only) checkpointer
             if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)) and capture not in ret:
                 ret.append(capture)
-            ret.append(
-                hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
-                if isinstance(h, hooks.EvalHook)
-                else h
-            )
+            if isinstance(h, hooks.EvalHook):
+                ret.append(self.stop_on_signal)  # after any checkpoint, before evaluating
+                h = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+            ret.append(h)
         return ret
+
+    def train(self):
+        try:
+            return super().train()
+        finally:  # loader workers end with training, not at garbage collection
+            if isinstance(self.data_loader, ResumableTrainLoader):
+                self.data_loader.close()
 
     def run_step(self):
         try:
@@ -126,7 +139,7 @@ class Seg2Trainer(DefaultTrainer):
             )
 
     def _evaluate(self):
-        if self.failed:
+        if self.failed or self.stop_on_signal.stopped_at is not None:
             return {}
         with preserved_rng():  # evaluating must not change the training run's randomness
             self.eval_results = self.test(self.cfg, self.model)
@@ -159,7 +172,6 @@ class Seg2Trainer(DefaultTrainer):
         # Detectron2's own config reading (datasets, filtering, batch size); a placeholder
         # sampler keeps it from drawing a seed we would not use.
         args = build_detection_train_loader.from_config(cfg, mapper=mapper, sampler=object())
-        dataset = args["dataset"]
         world = comm.get_world_size()
         if args["total_batch_size"] % world:
             from .config_check import ConfigError
@@ -168,10 +180,13 @@ class Seg2Trainer(DefaultTrainer):
                 f"SOLVER.IMS_PER_BATCH = {args['total_batch_size']} is not divisible by the "
                 f"{world} processes"
             )
+        # The dicts live on serialized, as in Detectron2's loader; the list goes now.
+        sampler_factory = build_sampler_factory(cfg, args["dataset"])
+        dataset = DatasetFromList(args.pop("dataset"), copy=False, serialize=True)
         return ResumableTrainLoader(
             dataset,
             mapper,
-            build_sampler_factory(cfg, dataset),
+            sampler_factory,
             batch_size=args["total_batch_size"] // world,
             seed=data_seed(cfg),
             aspect_ratio_grouping=args["aspect_ratio_grouping"],

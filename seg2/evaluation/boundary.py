@@ -184,7 +184,8 @@ def instance_separation(
     for k, c in instance_classes.items():
         by_class[int(c)].append(int(k))
     for c, ids in by_class.items():
-        counts = _separation_one_class(pred == c, np.where(np.isin(instance_ids, ids), instance_ids, 0))
+        of_class = np.where(np.isin(instance_ids, ids), instance_ids, 0)
+        counts = _separation_one_class(pred == c, of_class)
         for key in _COUNTS:
             total[key] += counts[key]
     return total

@@ -1,5 +1,6 @@
 """Which evaluators run: the dataset's ``evaluator_type`` says what ground truth exists, the
-meta-architecture declares what the model predicts (``seg2.capabilities``); every task in both gets its evaluator."""
+meta-architecture declares what the model predicts (``seg2.capabilities``); every task in both
+gets its evaluator."""
 import os
 from typing import Callable, Dict, List, Optional, Set
 

@@ -129,7 +129,8 @@ class Seg2CityscapesSemSegEvaluator(_CityscapesResultsEvaluator):
             write_png(pred, os.path.join(self._folder, self._stem(inp) + "_pred.png"))
 
     def _score(self) -> Dict:
-        return OrderedDict(sem_seg=evaluate_cityscapes_semantic(self._metadata.gt_dir, self._folder))
+        scores = evaluate_cityscapes_semantic(self._metadata.gt_dir, self._folder)
+        return OrderedDict(sem_seg=scores)
 
 
 class Seg2CityscapesPanopticEvaluator(_CityscapesResultsEvaluator):

@@ -63,7 +63,8 @@ def match_by_name(gt_dir: str, pred_dir: str) -> List[Tuple[str, str]]:
         pred = os.path.join(pred_dir, rel)
         if not os.path.isfile(pred):
             raise InputError(
-                f"{os.path.join(gt_dir, rel)}: no prediction for this ground truth (expected {pred})"
+                f"{os.path.join(gt_dir, rel)}: no prediction for this ground truth "
+                f"(expected {pred})"
             )
         pairs.append((os.path.join(gt_dir, rel), pred))
     return pairs

@@ -202,6 +202,7 @@ class Seg2PanopticEvaluator(DatasetEvaluator):
                 image_ids=image_ids,
             )
         logger.info(
-            "Panoptic Evaluation Results:\n" + format_pq_table(results, panoptic_categories(gt, gt_json))
+            "Panoptic Evaluation Results:\n"
+            + format_pq_table(results, panoptic_categories(gt, gt_json))
         )
         return OrderedDict({"panoptic_seg": results})

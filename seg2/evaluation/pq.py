@@ -402,7 +402,9 @@ class PQBatch:
         missing = (gt_area == 0) & ~gt.void
         missing_pred = (pred_area == 0) & ~pred.void
         if missing.any() or missing_pred.any():  # ids the maps lack
-            first = min(gt.image[missing].min(initial=n_img), pred.image[missing_pred].min(initial=n_img))
+            first = min(
+                gt.image[missing].min(initial=n_img), pred.image[missing_pred].min(initial=n_img)
+            )
             self._raise(int(first))
 
         on_void = gt.void[g] & ~pred.void[p]

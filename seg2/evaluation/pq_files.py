@@ -11,7 +11,6 @@ from functools import partial
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
-
 from tabulate import tabulate
 
 from ..io import InputError, read_json, read_panoptic_png

@@ -57,7 +57,11 @@ class Seg2SemanticSegmentor(SemanticSegmentor):
         features = self.backbone(images.tensor)
 
         targets, weights = batch_sem_seg_targets(
-            batched_inputs, self.device, *pad, self.sem_seg_head.ignore_value, self._head_takes_weights
+            batched_inputs,
+            self.device,
+            *pad,
+            self.sem_seg_head.ignore_value,
+            self._head_takes_weights,
         )
         if weights is not None:
             results, losses = self.sem_seg_head(features, targets, weights=weights)

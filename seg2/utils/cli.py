@@ -25,6 +25,7 @@ from ..io import InputError
 
 __all__ = [
     "USER_ERROR_EXIT",
+    "PREEMPTED_EXIT",
     "CleanExitError",
     "add_debug_argument",
     "debug_enabled",
@@ -37,12 +38,20 @@ __all__ = [
 
 # argparse exits with 2 on bad arguments; bad data and configs are the same kind of mistake.
 USER_ERROR_EXIT = 2
+# A run stopped by SIGTERM after saving its state: 128 + 15, as a shell reports a process the
+# signal ended, so schedulers and scripts that look at the status see a stopped, not a finished,
+# run (seg2.engine.preemption).
+PREEMPTED_EXIT = 143
 _DEBUG_ENV = "SEG2_DEBUG"
 
 
 class CleanExitError(RuntimeError):
     """An error whose message is the whole story for the user (e.g. training diverged),
-    though it is not bad input; the tools end on it like on an :class:`InputError`."""
+    though it is not bad input; the tools end on it like on an :class:`InputError`, with
+    ``exit_status``, printing the message unless ``logged`` (already said in the log)."""
+
+    exit_status = USER_ERROR_EXIT
+    logged = False
 
 
 def _user_error_types() -> Tuple[Type[BaseException], ...]:
@@ -130,10 +139,12 @@ def user_errors(func: Optional[Callable] = None, *, return_code: bool = False) -
         except Exception as e:
             if not is_user_error(e) or debug_enabled():
                 raise
-            _report(e)
+            if not getattr(e, "logged", False):
+                _report(e)
+            status = getattr(e, "exit_status", USER_ERROR_EXIT)
             if return_code:
-                return USER_ERROR_EXIT
-            raise SystemExit(USER_ERROR_EXIT) from None
+                return status
+            raise SystemExit(status) from None
 
     return wrapper
 
@@ -141,14 +152,18 @@ def user_errors(func: Optional[Callable] = None, *, return_code: bool = False) -
 def run_cli(entry: Callable, *args, **kwargs) -> Any:
     """Call ``entry(*args, **kwargs)`` (``main`` itself, or ``launch`` with ``main``) and end
     like :func:`user_errors`. Worker processes started by ``launch`` report their own user
-    error before exiting with status 2; here that exit becomes this process's, quietly."""
+    error before exiting with status 2 (or stop on SIGTERM with ``PREEMPTED_EXIT``); here that
+    exit becomes this process's, quietly."""
     try:
         return user_errors(entry)(*args, **kwargs)
     except Exception as e:
         from torch.multiprocessing import ProcessExitedException
 
-        if isinstance(e, ProcessExitedException) and e.exit_code == USER_ERROR_EXIT:
-            raise SystemExit(USER_ERROR_EXIT) from None
+        if isinstance(e, ProcessExitedException) and e.exit_code in (
+            USER_ERROR_EXIT,
+            PREEMPTED_EXIT,
+        ):
+            raise SystemExit(e.exit_code) from None
         raise
 
 

@@ -171,7 +171,7 @@ class TestBadInput(unittest.TestCase):
     def test_missing_image_file(self):
         self.data["images"][0]["file_name"] = "nope.png"
         path = self._write(self.data)
-        with self.assertRaisesRegex(InputError, "nope.png: image \d+: field 'file_name' = 'nope.png': image file not found"):
+        with self.assertRaisesRegex(InputError, r"nope.png: image \d+: field 'file_name' = 'nope.png': image file not found"):
             load_coco_instances(path, f"{self.root}/images/val", "bad")
 
     def test_corrupt_image_and_bad_label_in_mapper(self):
@@ -221,5 +221,5 @@ class TestBadInput(unittest.TestCase):
         path = self._write(pan)
         name = _unique("badpan")
         register_coco_panoptic(name, f"{self.root}/images/val", f"{self.root}/panoptic_val", path)
-        with self.assertRaisesRegex(InputError, "ann.json: segment \d+ of image \d+: field 'category_id' = 98"):
+        with self.assertRaisesRegex(InputError, r"ann.json: segment \d+ of image \d+: field 'category_id' = 98"):
             DatasetCatalog.get(name)

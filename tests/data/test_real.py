@@ -18,7 +18,6 @@ from scipy import ndimage
 
 from benchmarks.nuclei import draw_nuclei_figure, nuclei_cfg, separation_metrics
 from seg2.data import Seg2DatasetMapper
-from seg2.structures.panoptic import rgb2id as rgb_to_id
 from seg2.data.real import (
     NUCLEI_CLASSES,
     load_nuclei,
@@ -27,6 +26,7 @@ from seg2.data.real import (
     separation_lines,
     touching_instances,
 )
+from seg2.structures.panoptic import rgb2id as rgb_to_id
 
 _SPEC = importlib.util.find_spec("stardist")
 _DIR = os.path.join(list(_SPEC.submodule_search_locations)[0], "data", "images") if _SPEC else ""

@@ -25,7 +25,9 @@ class TestUNetWeightMap(unittest.TestCase):
     def test_hand_computed(self):
         w = unet_weight_map(self.ids, self.sem, num_classes=2, w0=10.0, sigma=5.0)
         self.assertEqual(w.dtype, np.float32)
-        border = lambda d1, d2: 10.0 * math.exp(-((d1 + d2) ** 2) / (2 * 25.0))
+        def border(d1, d2):
+            return 10.0 * math.exp(-((d1 + d2) ** 2) / (2 * 25.0))
+
         cases = {
             (2, 5): self.wc0 + border(1, 1),  # in the gap: 1 px from each square
             (0, 5): self.wc0 + border(math.sqrt(2), math.sqrt(2)),  # diagonal to both

@@ -39,7 +39,9 @@ def copy_root() -> str:
 
 class ValidationCase(unittest.TestCase):
     def setUp(self):
-        configure_validation(on_bad_sample="error", check_files=True, bit_depth=BitDepthRule())
+        configure_validation(
+            on_bad_sample="error", check_files=True, bit_depth=BitDepthRule(), scored=None
+        )
         self.root = copy_root()
         self.ann = f"{self.root}/annotations/instances_val.json"
         self.images = f"{self.root}/images/val"
@@ -53,6 +55,20 @@ class ValidationCase(unittest.TestCase):
         with open(path, "w") as f:
             json.dump(data, f)
         return path
+
+    def trained_on(self, register) -> str:
+        """Register a dataset with ``register(name)`` and validate it as a training set
+        (``DATASETS.TRAIN``), as ``setup_cfg`` does; returns the error (asserting one)."""
+        name = unique("train")
+        register(name)
+        cfg = get_seg2_cfg()
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (name,), ()
+        with self.assertRaises(InputError) as ctx:
+            validate_datasets(cfg, [name])
+        msg = str(ctx.exception)
+        self.assertNotIn("\n", msg)
+        self.assertTrue(msg.startswith(f"dataset '{name}': "), msg)
+        return msg
 
     def problems(self, path, images=None) -> str:
         """Load under policy 'error'; return the message (asserting it was raised)."""
@@ -349,7 +365,7 @@ class TestSemantic(ValidationCase):
             f"image '{stem}': field 'sem_seg_file_name' = '{stem}.png': no label in {labels}", msg
         )
         self.assertIn(f"{big}: label of", msg)
-        self.assertIn("field 'value' = [9]: >= the 7 classes and not the ignore label 255", msg)
+        self.assertIn("field 'value' = [9]: not a class id 0..6 nor the ignore label 255", msg)
         self.assertIn(f"field 'size' = [10, {arr.shape[1]}]", msg)
         self.assertIn("must have one channel of class ids, got mode 'RGB'", msg)
 
@@ -367,13 +383,342 @@ class TestSemantic(ValidationCase):
         np.testing.assert_array_equal(read_label_png(os.path.join(labels, f)), arr)
 
 
+class TestProbeCases(ValidationCase):
+    """Inputs that once crashed training, exhausted memory or passed silently: each is one
+    problem line naming the file, the id and the field (or a counted note where training
+    and scoring stay right)."""
+
+    def setUp(self):
+        super().setUp()
+        configure_validation(scored=None)  # loaded directly: scored, as check_dataset by path
+
+    def one_problem(self, msg: str) -> str:
+        """The message of a single problem is one line, starting with the dataset."""
+        self.assertNotIn("\n", msg)
+        self.assertTrue(msg.startswith("dataset '"), msg)
+        return msg
+
+    def test_polygon_far_outside_is_refused_before_rasterising(self):
+        d = self.data
+        a = next(x for x in d["annotations"] if isinstance(x["segmentation"], list))
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        poly = a["segmentation"][0]
+        # rasterised, this edge would be walked pixel by pixel (terabytes)
+        poly[0] = 1e12
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertIn(
+            f"ann.json: annotation {a['id']}: field 'segmentation[0]' = [1000000000000.0, {poly[1]}]: "
+            f"point 0 lies 1e+12 px outside the {im['width']}x{im['height']} image",
+            msg,
+        )
+        # the tolerance: COCO polygons reach a few pixels past the border
+        poly[0], poly[1] = im["width"] + 4.0, -4.0
+        a["bbox"] = [
+            float(v)
+            for v in mask_util.toBbox(
+                mask_util.merge(mask_util.frPyObjects(a["segmentation"], im["height"], im["width"]))
+            )
+        ]
+        name = unique("margin")
+        load_coco_instances(self.write(d), self.images, name)
+        self.assertFalse([p for p in last_report(name).problems], last_report(name).format())
+        poly[0] = im["width"] + 4.5
+        self.assertIn("point 0 lies 4.5 px outside", self.problems(self.write(d)))
+
+    def test_zigzag_outline_is_refused_before_rasterising(self):
+        d = self.data
+        a = next(x for x in d["annotations"] if isinstance(x["segmentation"], list))
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        h, w = im["height"], im["width"]
+        zigzag = []
+        for i in range(2000):  # inside the image, each edge crossing it
+            zigzag += [0.0, float(i % h), w - 1.0, float((7 * i) % h)]
+        a["segmentation"] = [zigzag]
+        msg = self.one_problem(self.problems(self.write(d)))
+        # pixels walked: every edge's larger side, as pycocotools steps along it
+        pts = np.asarray(zigzag).reshape(-1, 2)
+        walk = np.abs(pts - np.roll(pts, -1, axis=0)).max(axis=1).sum()
+        self.assertIn(
+            f"annotation {a['id']}: field 'segmentation[0]' = '4000 points': the outline runs "
+            f"{walk:.0f} px, more than {max(h * w // 8, 32 * (h + w))} px for a {w}x{h} image",
+            msg,
+        )
+
+    def test_outline_capped_whatever_the_json_size(self):
+        """An image whose JSON claims 10^6 x 10^6 pixels (its file is 128 x 128): outlines
+        of 8e6 pixels fit that claim but are refused before rasterising (the size itself is
+        found by the file check, which runs after the JSON's)."""
+        d = self.data
+        im = d["images"][0]
+        im["height"] = im["width"] = 10**6
+        a = next(x for x in d["annotations"] if x["image_id"] == im["id"])
+        square = [0.0, 0.0, 999999.0, 0.0, 999999.0, 999999.0, 0.0, 999999.0]
+        a["segmentation"], a["bbox"], a["area"] = [square, square], [0.0, 0.0, 1e6, 1e6], 1e12
+        msg = self.problems(self.write(d))
+        self.assertIn(
+            f"annotation {a['id']}: field 'segmentation[1]' = '4 points': the outline runs "
+            f"7999992 px, more than {2**22} px for a 1000000x1000000 image",
+            msg,
+        )
+        self.assertIn(f"image {im['id']}: field 'height/width' = [1000000, 1000000]", msg)
+
+    def test_training_set_without_annotations(self):
+        """No annotation, or only crowd regions: nothing to train on (Detectron2 stopped on
+        an assertion); the same file may be scored (NaN with a warning)."""
+        from seg2.data.coco import register_coco_instances
+
+        for edit in ("crowd", "none"):
+            d = json.load(open(self.ann))
+            if edit == "crowd":
+                for x in d["annotations"]:
+                    x["iscrowd"] = 1
+            else:
+                d["annotations"] = []
+            path = self.write(d, f"{edit}.json")
+            msg = self.trained_on(lambda n: register_coco_instances(n, path, self.images))
+            self.assertIn(
+                f"{path}: field 'annotations': no image has an annotation that is not a crowd "
+                "region: nothing to train on",
+                msg,
+            )
+            self.assertEqual(len(load_coco_instances(path, self.images, unique("scored"))), 4)
+
+    def test_root_folders_that_are_files(self):
+        path = self.write(self.data)
+        msg = self.one_problem(self.problems(path, images=path))
+        self.assertIn(f"ann.json: field 'image_root' = '{path}': folder path is a file", msg)
+        with self.assertRaisesRegex(InputError, f"^{path}: label folder path is a file$"):
+            load_semantic(self.images, path, ["a"], unique("semfile"))
+
+    def test_keypoints_dropped_and_ignore_refused(self):
+        """A COCO person-keypoints file: Detectron2's mapper would transform the keypoints
+        and stop at the first horizontal flip (no flip indices); seg2 has no keypoint head,
+        so they are dropped with a note. Detectron2's loader asserts 'ignore' is 0."""
+        from detectron2.data import transforms as T
+        from detectron2.data.detection_utils import transform_instance_annotations
+
+        for a in self.data["annotations"]:
+            x, y = a["bbox"][:2]
+            a["keypoints"], a["num_keypoints"] = [x + 1, y + 1, 2] * 3, 3
+        name = unique("kp")
+        dicts = load_coco_instances(self.write(self.data), self.images, name)
+        (line,) = [x for x in last_report(name).note_lines() if "keypoints" in x]
+        self.assertIn(f"{len(self.data['annotations'])} time(s)", line)
+        d = dicts[0]
+        flip = T.TransformList([T.HFlipTransform(d["width"])])
+        for anno in d["annotations"]:
+            self.assertNotIn("keypoints", anno)
+            transform_instance_annotations(anno, flip, (d["height"], d["width"]))
+        a = self.data["annotations"][1]
+        a["ignore"] = 1
+        msg = self.one_problem(self.problems(self.write(self.data)))
+        self.assertIn(
+            f"ann.json: annotation {a['id']}: field 'ignore' = 1: Detectron2 does not", msg
+        )
+
+    def test_no_images(self):
+        self.data["images"], self.data["annotations"] = [], []
+        msg = self.one_problem(self.problems(self.write(self.data)))
+        self.assertIn("ann.json: field 'images' = []: no images", msg)
+
+    def test_area_against_the_segmentation(self):
+        d = self.data
+        a = next(x for x in d["annotations"] if isinstance(x["segmentation"], list))
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], im["height"], im["width"]))
+        pixels = int(mask_util.area(rle))
+        a["area"] = 0
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertRegex(
+            msg,
+            rf"ann.json: annotation {a['id']}: field 'area' = 0: the segmentation covers about \d+ px",
+        )
+        covers = int(msg.split("covers about ")[1].split()[0])
+        self.assertLess(abs(covers - pixels), 0.1 * pixels)  # shoelace vs pycocotools' raster
+        a["area"] = 0.6 * pixels  # within the factor: accepted
+        load_coco_instances(self.write(d), self.images, unique("area"))
+        # a dataset that is only trained on: a note with a count (training ignores 'area')
+        a["area"] = 0
+        configure_validation(scored=frozenset())
+        name = unique("train_only")
+        load_coco_instances(self.write(d), self.images, name)
+        report = last_report(name)
+        self.assertTrue(report.ok)
+        (line,) = [x for x in report.note_lines() if "'area'" in x]
+        self.assertIn(f"1 time(s), e.g. annotation {a['id']} (area = 0)", line)
+
+    def test_rle_runs_and_64_bit_ids(self):
+        d = self.data
+        a = d["annotations"][0]
+        im = next(i for i in d["images"] if i["id"] == a["image_id"])
+        big = mask_util.encode(
+            np.asfortranarray(np.ones((im["height"] + 3, im["width"]), np.uint8))
+        )
+        a["segmentation"] = {"size": [im["height"], im["width"]], "counts": big["counts"].decode()}
+        a["area"] = im["height"] * im["width"]
+        d["categories"][0]["id"] = 2**70
+        msg = self.problems(self.write(d))
+        self.assertIn(
+            f"annotation {a['id']}: field 'segmentation.counts' = 'runs summing to "
+            f"{(im['height'] + 3) * im['width']}': RLE runs must sum to height*width = "
+            f"{im['height'] * im['width']}",
+            msg,
+        )
+        self.assertIn(f"category #0: field 'id' = {2**70}: id does not fit in 64 bits", msg)
+
+    def test_directory_named_as_a_directory(self):
+        d = self.data
+        path = os.path.join(self.images, d["images"][0]["file_name"])
+        os.remove(path)
+        os.mkdir(path)
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertIn(f"{path}: image {d['images'][0]['id']}: field 'file_name'", msg)
+        self.assertIn("image path is a directory, not a file", msg)
+
+    def panoptic(self):
+        return json.load(open(f"{self.root}/annotations/panoptic_val.json"))
+
+    def load_panoptic(self, pan, inst=None):
+        return load_coco_panoptic(
+            self.write(pan, "pan.json"),
+            self.images,
+            f"{self.root}/panoptic_val",
+            panoptic_metadata(pan["categories"]),
+            instances_json=self.write(inst, "inst.json") if inst else None,
+            dataset_name=unique("pan"),
+            cache_dir=os.path.join(self.root, "cache"),
+        )
+
+    def test_panoptic_categories_disagree_with_instances(self):
+        pan = self.panoptic()
+        thing = pan["categories"][0]
+        thing["isthing"] = 0
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan, self.data)
+        msg = self.one_problem(str(ctx.exception))
+        self.assertIn(
+            f"pan.json: category {thing['id']}: field 'isthing' = 0: stuff here, but a thing "
+            "category of inst.json",
+            msg,
+        )
+        # instances annotated on a stuff category
+        pan = self.panoptic()
+        stuff = next(c for c in pan["categories"] if not c["isthing"])
+        self.data["categories"].append({"id": stuff["id"], "name": stuff["name"]})
+        self.data["annotations"][0]["category_id"] = stuff["id"]
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan, self.data)
+        self.assertIn(
+            f"pan.json: category {stuff['id']}: field 'isthing' = 0: stuff here, but a thing "
+            "category of inst.json",
+            self.one_problem(str(ctx.exception)),
+        )
+
+    def test_crowd_stuff_and_duplicate_segments(self):
+        pan = self.panoptic()
+        cats = {c["id"]: c for c in pan["categories"]}
+        ann = pan["annotations"][0]
+        seg = next(s for s in ann["segments_info"] if not cats[s["category_id"]]["isthing"])
+        seg["iscrowd"] = 1
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan)
+        self.assertIn(
+            f"pan.json: segment {seg['id']} of image {ann['image_id']}: field 'iscrowd' = 1: "
+            f"category {seg['category_id']} is stuff (isthing 0)",
+            self.one_problem(str(ctx.exception)),
+        )
+        thing = next(s for s in ann["segments_info"] if cats[s["category_id"]]["isthing"])
+        thing["iscrowd"] = 1  # a crowd thing segment is COCO's own convention
+        seg["iscrowd"] = 0
+        ann["segments_info"].append(dict(ann["segments_info"][0]))
+        with self.assertRaises(InputError) as ctx:
+            self.load_panoptic(pan)
+        msg = self.one_problem(str(ctx.exception))
+        self.assertEqual(msg.count("share this id"), 1)
+        self.assertIn(
+            f"field 'id' = {ann['segments_info'][0]['id']}: 2 segments share this id", msg
+        )
+
+    def test_panoptic_training_set_without_segments(self):
+        from seg2.data.coco_panoptic import register_coco_panoptic
+
+        pan = self.panoptic()
+        for ann in pan["annotations"]:
+            ann["segments_info"] = []
+        path = self.write(pan, "pan.json")
+        pan_root = f"{self.root}/panoptic_val"
+        for f in os.listdir(pan_root):  # all void, as the JSON says
+            Image.new("RGB", Image.open(os.path.join(pan_root, f)).size).save(
+                os.path.join(pan_root, f)
+            )
+        msg = self.trained_on(lambda n: register_coco_panoptic(n, self.images, pan_root, path))
+        self.assertIn(f"{path}: field 'segments_info': no image has a segment", msg)
+
+
+class TestSemanticLabels(ValidationCase):
+    """.npy labels are held to a label PNG's rules; ignore-only labels are counted."""
+
+    def setUp(self):
+        super().setUp()
+        self.labels = f"{self.root}/semantic_val"
+        self.files = sorted(os.listdir(self.labels))
+        self.names = [f"c{i}" for i in range(7)]
+
+    def to_npy(self, f, arr):
+        os.remove(os.path.join(self.labels, f))
+        path = os.path.join(self.labels, os.path.splitext(f)[0] + ".npy")
+        np.save(path, arr)
+        return path
+
+    def test_npy_dtype_and_range(self):
+        arr = np.asarray(Image.open(os.path.join(self.labels, self.files[0])))
+        floats = self.to_npy(self.files[0], arr.astype(np.float32))
+        neg = arr.astype(np.int64)
+        neg[3, 4] = -1
+        negative = self.to_npy(self.files[1], neg)
+        fine = self.to_npy(self.files[2], arr.astype(np.int32))
+        with self.assertRaises(InputError) as ctx:
+            load_semantic(self.images, self.labels, self.names, unique("npy"))
+        msg = str(ctx.exception)
+        self.assertIn(
+            f"{floats}: label of '{self.images}/{os.path.splitext(self.files[0])[0]}.png': "
+            "field 'sem_seg_file_name' = ",
+            msg,
+        )
+        self.assertIn("label array has dtype float32; class ids must be integers", msg)
+        self.assertIn(f"{negative}: label of", msg)
+        self.assertIn("field 'value' = [-1]: not a class id 0..6 nor the ignore label 255", msg)
+        self.assertNotIn(fine, msg)
+        self.assertIn("2 problem(s) in 2 sample(s)", msg)
+
+    def test_ignore_only_labels(self):
+        for i, f in enumerate(self.files):
+            arr = np.asarray(Image.open(os.path.join(self.labels, f)))
+            Image.fromarray(np.full_like(arr, 255)).save(os.path.join(self.labels, f))
+            if i == 0:  # one ignore-only image: a note with its count
+                name = unique("one")
+                load_semantic(self.images, self.labels, self.names, name)
+                (line,) = [x for x in last_report(name).note_lines() if "ignore label" in x]
+                self.assertIn(f"1 time(s), e.g. {f}", line)
+        from seg2.data.semantic import register_semantic
+
+        msg = self.trained_on(lambda n: register_semantic(n, self.images, self.labels, self.names))
+        self.assertIn(
+            f"{self.labels}: field 'sem_seg_file_name': every pixel of all {len(self.files)} "
+            "label(s) is the ignore label 255: nothing to train on",
+            msg,
+        )
+        # scored only: NaN metrics with a warning, as the evaluators do
+        self.assertEqual(len(load_semantic(self.images, self.labels, self.names, unique("s"))), 4)
+
+
 class TestRegisteredDatasets(ValidationCase):
     def test_config_registration_and_cityscapes_dicts(self):
         """DATASETS.SEG2.SEMANTIC registers from the config; a Cityscapes-format split (not
         one of seg2's format loaders) is checked through its dicts, with skip applied to
         what DatasetCatalog returns afterwards."""
-        from seg2.data.datasets import register_from_config
         from seg2.data.cityscapes import register_cityscapes
+        from seg2.data.datasets import register_from_config
 
         cfg = get_seg2_cfg()
         name = unique("cfgsem")

@@ -3,7 +3,10 @@ function of the seed and the position (not of the worker count), a loader restor
 ``state_dict`` continues exactly where the original was, and the process RNGs round-trip."""
 
 import itertools
+import multiprocessing
+import os
 import random
+import signal
 import unittest
 
 import numpy as np
@@ -86,6 +89,25 @@ class TestResumableTrainLoader(unittest.TestCase):
         torch.manual_seed(0), np.random.seed(0), random.seed(0)
         take(iter(loader(0)), 3)
         self.assertEqual(draws(), expected)
+
+    def test_workers_outlive_sigterm_and_end_with_close(self):
+        """A scheduler that signals every process must not kill the loader's workers before
+        the training process has finished its iteration; close() then ends them."""
+        expected = take(iter(loader(0)), 4)
+        before = set(multiprocessing.active_children())
+        first = loader(2)
+        it = iter(first)
+        got = take(it, 2)
+        workers = set(multiprocessing.active_children()) - before
+        self.assertEqual(len(workers), 2)
+        for w in workers:
+            os.kill(w.pid, signal.SIGTERM)
+        got += take(it, 2)
+        self.assertEqual(got, expected)
+        first.close()
+        for w in workers:
+            w.join(30)
+            self.assertEqual(w.exitcode, 0)
 
     def test_user_error_in_worker_arrives_as_itself(self):
         for workers in (0, 2):

@@ -16,13 +16,13 @@ from PIL import Image
 
 from seg2.evaluation import semantic as sem_module
 from seg2.evaluation import semantic_evaluator as evaluator_module
-from seg2.io import InputError
 from seg2.evaluation.semantic import (
     ConfusionMatrix,
     evaluate_semantic_folders,
     semantic_metrics,
 )
 from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
+from seg2.io import InputError
 
 NAMES = ["a", "b", "c", "d", "e"]
 SHARED = ["mIoU", "fwIoU", "mACC", "pACC"] + [f"{k}-{n}" for k in ("IoU", "ACC") for n in NAMES]

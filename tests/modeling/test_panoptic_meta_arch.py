@@ -90,6 +90,8 @@ def build(cfg, seed: int = 0):
 
 class TestSeg2PanopticRCNNTraining(unittest.TestCase):
     def setUp(self):
+        # small tensors: one thread; restored, so later tests keep the session's count
+        self.addCleanup(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(1)
 
     def test_train_step(self):
@@ -204,6 +206,8 @@ class TestSeg2PanopticRCNNTraining(unittest.TestCase):
 
 class TestSeg2PanopticRCNNInference(unittest.TestCase):
     def setUp(self):
+        # small tensors: one thread; restored, so later tests keep the session's count
+        self.addCleanup(torch.set_num_threads, torch.get_num_threads())
         torch.set_num_threads(1)
 
     def check_outputs(self, outputs, sizes, model):

@@ -7,7 +7,6 @@ from torch.nn import functional as F
 
 from seg2.modeling.upsample import (
     UPSAMPLE_REGISTRY,
-    upsample_names,
     BedOfNailsUpsample,
     BilinearUpsample,
     MaxPoolWithSwitches,
@@ -16,6 +15,7 @@ from seg2.modeling.upsample import (
     TransposedUpsample,
     build_upsample,
     transposed_output_padding,
+    upsample_names,
 )
 from seg2_testing import get_seg2_cfg
 

@@ -18,6 +18,7 @@ import unittest
 
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
 from detectron2.data import DatasetCatalog
 from PIL import Image
 
@@ -333,8 +334,11 @@ class TestDataInProcess(unittest.TestCase):
         tree = tempfile.mkdtemp(dir=TMP)
         shutil.copytree(_root("plain"), os.path.join(tree, "cityscapes"))
         shutil.rmtree(os.path.join(tree, "cityscapes", "leftImg8bit", "train"))
+        weights = os.path.join(tree, "model.pth")  # evaluating needs weights; never loaded here
+        torch.save({"model": {}}, weights)
         proc = train_net(os.path.relpath(tree, TMP), INSTANCE, os.path.join(tree, "out"),
-                         "--eval-only", *TINY, "DATASETS.SEG2.CITYSCAPES_POLYGONS", "True", check=False)
+                         "--eval-only", *TINY, "MODEL.WEIGHTS", weights,
+                         "DATASETS.SEG2.CITYSCAPES_POLYGONS", "True", check=False)
         self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
         last = proc.stderr.strip().splitlines()[-1]
         self.assertRegex(last, r"^error: .*/gtFine/val/aachen/aachen_\d+_\d+_gtFine_polygons\.json: polygon file not found")

@@ -7,7 +7,11 @@ The weights are an untrained model whose semantic head is biased to one stuff cl
 (``checker``, Cityscapes ``building``): box AP, mIoU, PQ and the Cityscapes IoU are then
 non-zero (asserted), so an image dropped or counted twice by the cross-process gathering
 changes them. Untrained masks score 0 on mask AP and on the Cityscapes instance and panoptic
-scores: there only the keys and the zeros are compared."""
+scores: there only the keys and the zeros are compared.
+
+Exact equality holds because each image is computed the same way on both sides: one image per
+forward pass (Detectron2's test loader), at the same thread count (the in-process side runs
+under ``subprocess_threads``)."""
 
 import json
 import math
@@ -22,7 +26,7 @@ import torch
 from seg2.data.builtin import register_synthetic
 from seg2.data.synthetic import generate
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
-from seg2_testing import REPO_ROOT, get_seg2_cfg
+from seg2_testing import REPO_ROOT, get_seg2_cfg, subprocess_env, subprocess_threads
 
 PANOPTIC_CFG = "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
 COMMON = [
@@ -71,7 +75,7 @@ class TestTwoProcessEvaluation(unittest.TestCase):
         root = os.path.join(cls.tmp, "synthetic")
         generate(root, seed=0, num_train=2, num_val=5, size=64)
         register_synthetic(root, prefix="evaltwo")  # the same files under other names, in-process
-        cls.env = dict(os.environ, DETECTRON2_DATASETS=cls.tmp, OMP_NUM_THREADS="1")
+        cls.env = subprocess_env(DETECTRON2_DATASETS=cls.tmp)
 
     def _cfg(self, name, prefix):
         extra, splits, _ = SETUPS[name]
@@ -94,7 +98,8 @@ class TestTwoProcessEvaluation(unittest.TestCase):
         cfg, model, weights = self._weights(name)
         cfg.OUTPUT_DIR = os.path.join(self.tmp, name + "_1")
         AtomicCheckpointer(model).load(weights)
-        one = Seg2Trainer.test(cfg, model)
+        with subprocess_threads():  # each of the two processes runs at this count
+            one = Seg2Trainer.test(cfg, model)
         one = {k.replace("evaltwo_", "synthetic_"): v for k, v in one.items()}
 
         out = os.path.join(self.tmp, name + "_2")

@@ -1,7 +1,8 @@
 """TorchScript export: tools/export_model.py (a subprocess) on Seg2PanopticRCNN, the library
 export on semantic models (FCN-8s with transposed upsampling, U-Net in copy-and-crop mode,
 DeconvNet) and Mask R-CNN; every exported file is loaded and run in a fresh process, and
-its outputs are compared with the eager model's on the same images."""
+its outputs are compared with the eager model's on the same images, one image at a time and
+at the subprocess's thread count on both sides (so masks and argmaxes compare exactly)."""
 
 import os
 import subprocess
@@ -21,7 +22,13 @@ from seg2.data.augmentations import build_augmentations
 from seg2.export import export_torchscript
 from seg2.inference import BatchPredictor
 from seg2.io import read_image
-from seg2_testing import REPO_ROOT, get_seg2_cfg, tiny_synthetic_root
+from seg2_testing import (
+    REPO_ROOT,
+    get_seg2_cfg,
+    subprocess_env,
+    subprocess_threads,
+    tiny_synthetic_root,
+)
 
 PANOPTIC = "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
 LIBRARY_EXPORTS = {
@@ -76,11 +83,8 @@ class TestExport(unittest.TestCase):
             np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
         ).save(odd)
         cls.images = [os.path.join(val, "000000.png"), os.path.join(val, "000001.png"), odd]
-        env = dict(
-            os.environ,
-            DETECTRON2_DATASETS=os.path.dirname(cls.root),
-            OMP_NUM_THREADS="1",
-            PYTHONPATH=str(REPO_ROOT),
+        env = subprocess_env(
+            DETECTRON2_DATASETS=os.path.dirname(cls.root), PYTHONPATH=str(REPO_ROOT)
         )
 
         cls.predictors = {}
@@ -144,8 +148,11 @@ class TestExport(unittest.TestCase):
         cls.exported = torch.load(os.path.join(cls.tmp, "exported_outputs.pt"), weights_only=False)
 
     def eager(self, name, path):
+        """The eager model's output, made as the runner makes the exported one: one image per
+        call, at the runner's thread count."""
         predictor = self.predictors[name][2]
-        return predictor([read_image(path, predictor.input_format)])[0]
+        with subprocess_threads():
+            return predictor([read_image(path, predictor.input_format)])[0]
 
     def assert_semantic_equal(self, eager, exported):
         np.testing.assert_allclose(exported.numpy(), eager.numpy(), atol=LOGIT_ATOL)

@@ -1,6 +1,7 @@
 """tools/predict.py as a user runs it (a subprocess): its result files are scored by
 tools/evaluate.py and pycocotools exactly as Seg2Trainer.test scores the same model on the
-same images; odd inputs (EXIF rotation, grayscale, RGBA, 16-bit, a corrupt file, a video)."""
+same images (both one image per forward pass, at the same thread count); batched prediction
+agrees with one image at a time up to rounding; odd inputs (EXIF rotation, grayscale, RGBA, 16-bit, a corrupt file, a video)."""
 
 import contextlib
 import io
@@ -21,7 +22,15 @@ from PIL import Image
 
 from seg2.data import register_synthetic
 from seg2.engine import Seg2Trainer
-from seg2_testing import REPO_ROOT, get_seg2_cfg, tiny_synthetic_root
+from seg2.inference import BatchPredictor
+from seg2.io import read_image
+from seg2_testing import (
+    REPO_ROOT,
+    get_seg2_cfg,
+    subprocess_env,
+    subprocess_threads,
+    tiny_synthetic_root,
+)
 
 CFG = "configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
 OPTS = ["MODEL.DEVICE", "cpu"]
@@ -29,12 +38,7 @@ CHECKER = 4  # contiguous semantic id of "checker" (dataset id 21): 55% of val i
 
 
 def predict(args, root):
-    env = dict(
-        os.environ,
-        DETECTRON2_DATASETS=os.path.dirname(root),
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=str(REPO_ROOT),
-    )
+    env = subprocess_env(DETECTRON2_DATASETS=os.path.dirname(root), PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(
         [sys.executable, "tools/predict.py", "--config-file", CFG, *args],
         cwd=REPO_ROOT,
@@ -67,7 +71,8 @@ class TestPredict(unittest.TestCase):
         DetectionCheckpointer(model, save_dir=cls.tmp).save("model")
         model.eval()
         cls.cfg = cfg
-        cls.reference = Seg2Trainer.test(cfg, model)["predtest_val_panoptic"]
+        with subprocess_threads():  # as tools/predict.py runs below
+            cls.reference = Seg2Trainer.test(cfg, model)["predtest_val_panoptic"]
 
     def test_results_score_like_the_evaluators(self):
         import evaluate as evaluate_tool  # tools/evaluate.py
@@ -80,8 +85,8 @@ class TestPredict(unittest.TestCase):
                 os.path.join(self.root, "images", "val"),
                 "--output",
                 out,
-                "--batch-size",
-                "3",
+                "--batch-size",  # as the evaluators' loader: batches round differently
+                "1",
                 "--image-ids",
                 os.path.join(ann, "instances_val.json"),
                 "MODEL.WEIGHTS",
@@ -198,6 +203,44 @@ class TestPredict(unittest.TestCase):
             {i: f"{i:06d}.png" for i in range(4)},
         )
 
+    def test_batched_like_one_at_a_time(self):
+        """A batch of same-size images gives each image its own outputs up to rounding. The
+        batched kernels sum in another order (float32, ~1e-6 relative): logits and scores
+        agree to 1e-4, and a mask pixel can flip only where its probability lies that close to
+        the 0.5 threshold, which is on the mask's boundary: a handful of pixels per mask."""
+        cfg = self.cfg.clone()
+        cfg.MODEL.WEIGHTS = self.weights
+        predictor = BatchPredictor(cfg)
+        val = os.path.join(self.root, "images", "val")
+        images = [
+            read_image(os.path.join(val, f), predictor.input_format)
+            for f in sorted(os.listdir(val))[:3]
+        ]
+        self.assertEqual(len({im.shape for im in images}), 1)  # no extra padding in the batch
+        with subprocess_threads():
+            batched = predictor(images)
+            single = [predictor([image])[0] for image in images]
+        masks = 0
+        for b, s in zip(batched, single, strict=True):
+            np.testing.assert_allclose(b["sem_seg"].numpy(), s["sem_seg"].numpy(), atol=1e-4)
+            bi, si = b["instances"], s["instances"]
+            self.assertEqual(bi.pred_classes.tolist(), si.pred_classes.tolist())
+            np.testing.assert_allclose(bi.scores.numpy(), si.scores.numpy(), atol=1e-4)
+            np.testing.assert_allclose(
+                bi.pred_boxes.tensor.numpy(), si.pred_boxes.tensor.numpy(), atol=1e-3
+            )
+            m = si.pred_masks
+            flipped = bi.pred_masks != m
+            self.assertLessEqual(int(flipped.sum()), 5 * len(si))
+            p = torch.nn.functional.pad(m[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+            h, w = m.shape[1:]
+            boundary = torch.zeros_like(m)
+            for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+                boundary |= p[:, dy : dy + h, dx : dx + w].bool() != m
+            self.assertFalse(bool((flipped & ~boundary).any()), "a flip inside a mask")
+            masks += int(m.any(dim=(1, 2)).sum())
+        self.assertGreater(masks, 0)  # some masks to compare
+
     def test_outputs_at_the_input_size_when_resized(self):
         # A 100x130 image is resized to 128x166 for the model (INPUT.MIN_SIZE_TEST 128) and
         # padded to 128x192 (FPN's size divisibility). The written results must come back at
@@ -243,9 +286,7 @@ class TestPredict(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
 
         # The reference: same thread count and batch size as the subprocess (then exact).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with subprocess_threads():
             model.eval()
             bgr = cv2.imread(os.path.join(src, "scene.png"))  # INPUT.FORMAT BGR
             resized = T.ResizeShortestEdge(128, 256, "choice").get_transform(bgr).apply_image(bgr)
@@ -255,8 +296,6 @@ class TestPredict(unittest.TestCase):
                 dets, sem = model.inference([{"image": image}], do_postprocess=False)
             labels = sem_seg_postprocess(sem[0], (128, 166), 100, 130).argmax(0).numpy()
             insts = detector_postprocess(dets[0], 100, 130)
-        finally:
-            torch.set_num_threads(threads)
         self.assertGreater(len(np.unique(labels)), 1)  # not a constant map
 
         written = np.asarray(Image.open(os.path.join(out, "sem_seg", "scene.png")))

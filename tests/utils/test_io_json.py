@@ -31,12 +31,16 @@ class TestReadJson(unittest.TestCase):
         text = (
             '{"images": [{"id": 1, "file_name": "\\u00e9t\\u00e9.png", "h": 480.5}],'
             ' "big": 123456789012345678901234567890, "nan": NaN, "inf": -Infinity,'
+            f' "ids": [{2**70}, {2**64 + 1}, {-(2**63) - 1}, {2**63 - 1}],'
             ' "nested": {"a": [true, false, null, 1e-300, -0.0]}, "dup": 1, "dup": 2}'
         )
         expected = json.loads(text)  # the reference: Python's own parser
         for got in self._both(self._file(text.encode("utf-8"))):
             self.assertEqual(json.dumps(got, sort_keys=True), json.dumps(expected, sort_keys=True))
             self.assertEqual(got["big"], 123456789012345678901234567890)
+            # integers beyond 64 bits stay integers (an id must not print as 1.18e+21)
+            self.assertEqual(got["ids"], [2**70, 2**64 + 1, -(2**63) - 1, 2**63 - 1])
+            self.assertTrue(all(type(v) is int for v in got["ids"]))
         plain = '{"annotations": [{"segments_info": [{"id": 7, "category_id": 3}]}]}'
         for got in self._both(self._file(plain.encode())):
             self.assertEqual(got, json.loads(plain))
@@ -46,6 +50,7 @@ class TestReadJson(unittest.TestCase):
             (b'{"images": [}', r"x\.json: malformed JSON at line 1 column 13"),
             (b'\xef\xbb\xbf{"a": 1}', r"x\.json: malformed JSON at line 1 column 1: Unexpected UTF-8 BOM"),
             (b'{"a": "\xff"}', r"x\.json: JSON is not UTF-8 text"),
+            (b"[" * 100000 + b"]" * 100000, r"x\.json: JSON is nested too deeply to parse"),
         ]
         for payload, pattern in cases:
             path = self._file(payload)
@@ -55,6 +60,8 @@ class TestReadJson(unittest.TestCase):
                         read_json(path)
         with self.assertRaisesRegex(InputError, "file not found"):
             read_json(os.path.join(self._tmp.name, "missing.json"))
+        with self.assertRaisesRegex(InputError, "JSON path is a directory, not a file"):
+            read_json(self._tmp.name)
 
 
 if __name__ == "__main__":

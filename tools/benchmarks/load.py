@@ -374,7 +374,8 @@ def format_load_table(res: Dict) -> str:
     ]
     head = (
         f"{res['num_images']} images ({res['base_images']} distinct, {res['size']}px), "
-        f"chunks of {res['chunk']}; RSS after each chunk (MiB): {res['rss_mb']}; peak {res['peak_rss_mb']} MiB"
+        f"chunks of {res['chunk']}; RSS after each chunk (MiB): {res['rss_mb']}; "
+        f"peak {res['peak_rss_mb']} MiB"
     )
     return (
         head

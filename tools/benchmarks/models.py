@@ -292,7 +292,9 @@ class _Runner:
             import detectron2.modeling.meta_arch.panoptic_fpn as pfpn
 
             self.fusion = _FusionClock(pfpn.combine_semantic_and_instance_outputs, self.device)
-            self._patch = mock.patch.object(pfpn, "combine_semantic_and_instance_outputs", self.fusion)
+            self._patch = mock.patch.object(
+                pfpn, "combine_semantic_and_instance_outputs", self.fusion
+            )
         self.train_times: List[float] = []
         self.b1_times: List[float] = []
         self.bn_times: List[float] = []

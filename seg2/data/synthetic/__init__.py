@@ -12,7 +12,18 @@ from PIL import Image
 
 from . import meta
 from .meta import CATEGORIES, IGNORE_LABEL, SPLITS
-from .scenes import MIN_SIZE, SHAPES, STUFF_IDX, TEXTURES, THING_IDX, area_bbox, make_scene, mask_rle, scene_segments, split_flags
+from .scenes import (
+    MIN_SIZE,
+    SHAPES,
+    STUFF_IDX,
+    TEXTURES,
+    THING_IDX,
+    area_bbox,
+    make_scene,
+    mask_rle,
+    scene_segments,
+    split_flags,
+)
 from .writers import (
     CityscapesWriter,
     CocoInstancesWriter,
@@ -92,7 +103,7 @@ def _generate_split(out: str, split: str, split_idx: int, seed: int, num: int, s
 
 
 def generate(
-    output_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 300, size: int = 128
+    output_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 50, size: int = 128
 ) -> None:
     """Write the synthetic dataset under ``output_dir``; byte-identical for a given seed.
 

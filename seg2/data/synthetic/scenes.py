@@ -18,10 +18,10 @@ from .meta import CATEGORIES
 from .shapes import (
     MIN_AREA,
     THING_IDX,
-    make_crowd,
-    dilate4,
-    make_object,
     SceneObject,
+    dilate4,
+    make_crowd,
+    make_object,
     overlapping_pair,
     touching_pair,
     union_mask,

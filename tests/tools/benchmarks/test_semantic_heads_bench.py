@@ -7,7 +7,6 @@ import os
 import tempfile
 import unittest
 
-
 from benchmarks.semantic_heads import benchmark_cfg
 from seg2_testing import REPO_ROOT, tiny_synthetic_root
 
