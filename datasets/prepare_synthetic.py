@@ -8,7 +8,7 @@ generator is ``seg2.data.synthetic``; this is its command line.
 Usage::
 
     python datasets/prepare_synthetic.py --output datasets/synthetic [--seed 0]
-        [--num-train 200] [--num-val 50] [--size 128]
+        [--num-train 200] [--num-val 300] [--size 128]
 """
 import argparse
 from typing import Optional, Sequence
@@ -23,7 +23,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--output", required=True, help="output folder, e.g. datasets/synthetic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=200)
-    parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--num-val", type=int, default=300)
     parser.add_argument("--size", type=int, default=128, help="image side in px (>= 64)")
     args = parser.parse_args(argv)
     try:

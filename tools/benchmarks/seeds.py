@@ -81,11 +81,12 @@ def format_seeds_table(runs: Sequence[Dict], summary: Optional[Dict] = None) -> 
     summary = summary or summarize_seeds(runs)
     columns = [c for c, _, _ in FIGURES]
     rows = [
-        [f"SEED {r['seed']}", f"{r['seconds'] / 60:.1f}"] + [r["figures"][c] for c in columns]
+        [f"SEED {r['seed']}", f"{r['seconds'] / 60:.1f}"]
+        + [f"{r['figures'][c]:.1f}" for c in columns]
         for r in runs
     ]
-    rows.append(["mean", ""] + [summary[c]["mean"] for c in columns])
+    rows.append(["mean", ""] + [f"{summary[c]['mean']:.1f}" for c in columns])
     rows.append(
         ["range", ""] + [f"{summary[c]['min']:.1f}-{summary[c]['max']:.1f}" for c in columns]
     )
-    return tabulate(rows, headers=["run", "min"] + columns, tablefmt="pipe", floatfmt=".1f")
+    return tabulate(rows, headers=["run", "min"] + columns, tablefmt="pipe", disable_numparse=True)

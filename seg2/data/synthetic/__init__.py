@@ -103,7 +103,7 @@ def _generate_split(out: str, split: str, split_idx: int, seed: int, num: int, s
 
 
 def generate(
-    output_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 50, size: int = 128
+    output_dir: str, seed: int = 0, num_train: int = 200, num_val: int = 300, size: int = 128
 ) -> None:
     """Write the synthetic dataset under ``output_dir``; byte-identical for a given seed.
 
