@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_results(output: str, name: str, table: str, data) -> None:
+    """Print the table; write it as ``<name>_benchmark.md`` and the data as ``.json``."""
+    print(table)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, f"{name}_benchmark.json"), "w") as f:
+        json.dump(data, f, indent=2, default=float)
+    with open(os.path.join(output, f"{name}_benchmark.md"), "w") as f:
+        f.write(table + "\n")
+
+
 def run_heads(args, output: str):
     return run_heads_benchmark(
         output,
@@ -153,12 +163,7 @@ def run_evaluators(args, output: str):
         include=args.include,
     )
     table = format_benchmark_table(rows)
-    print(table)
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "evaluators_benchmark.json"), "w") as f:
-        json.dump(rows, f, indent=2, default=float)
-    with open(os.path.join(output, "evaluators_benchmark.md"), "w") as f:
-        f.write(table + "\n")
+    _write_results(output, "evaluators", table, rows)
     return rows
 
 
@@ -180,12 +185,7 @@ def run_models(args, output: str):
         opts=args.opts,
     )
     table = format_models_table(result)
-    print(table)
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "models_benchmark.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    with open(os.path.join(output, "models_benchmark.md"), "w") as f:
-        f.write(table + "\n")
+    _write_results(output, "models", table, result)
     return result
 
 
@@ -195,11 +195,7 @@ def run_seeds(args, output: str):
     runs = run_seeds(output, args.seeds, threads=args.threads, opts=args.opts)
     summary = summarize_seeds(runs)
     table = format_seeds_table(runs, summary)
-    print(table)
-    with open(os.path.join(output, "seeds_benchmark.json"), "w") as f:
-        json.dump({"runs": runs, "summary": summary}, f, indent=2, default=float)
-    with open(os.path.join(output, "seeds_benchmark.md"), "w") as f:
-        f.write(table + "\n")
+    _write_results(output, "seeds", table, {"runs": runs, "summary": summary})
     return runs
 
 
@@ -216,12 +212,7 @@ def run_startup(args, output: str):
         cityscapes_files=not args.no_file_costs,
     )
     table = format_startup_table(result)
-    print(table)
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "startup_benchmark.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    with open(os.path.join(output, "startup_benchmark.md"), "w") as f:
-        f.write(table + "\n")
+    _write_results(output, "startup", table, result)
     return result
 
 
