@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .cityscapes import register_cityscapes
 from .coco import register_coco_instances
 from .coco_panoptic import (
+    PANOPTIC_RECORD_KEYS,
     load_coco_panoptic,
     panoptic_metadata,
     register_coco_panoptic,
@@ -32,16 +33,7 @@ def _synthetic_semantic(root: str, split: str, meta: Dict) -> List[Dict]:
         meta,
         semantic_root=os.path.join(root, f"semantic_{split}"),
     )
-    keep = (
-        "file_name",
-        "image_id",
-        "height",
-        "width",
-        "sem_seg_file_name",
-        "pan_seg_file_name",
-        "segments_info",
-    )
-    return [{k: d[k] for k in keep} for d in pan_dicts]
+    return [{k: d[k] for k in PANOPTIC_RECORD_KEYS} for d in pan_dicts]
 
 
 def register_synthetic(root: Optional[str] = None, prefix: str = "synthetic") -> None:

@@ -26,7 +26,20 @@ __all__ = [
     "load_coco_panoptic",
     "derived_semantic_path",
     "register_coco_panoptic",
+    "PANOPTIC_RECORD_KEYS",
 ]
+
+# The fields of a panoptic record (no instance annotations), for splits that serve only
+# panoptic and semantic targets.
+PANOPTIC_RECORD_KEYS = (
+    "file_name",
+    "image_id",
+    "height",
+    "width",
+    "sem_seg_file_name",
+    "pan_seg_file_name",
+    "segments_info",
+)
 
 
 def panoptic_metadata(categories: List[Dict]) -> Dict:

@@ -40,6 +40,7 @@ from scipy import ndimage
 from ..io import InputError, write_json, write_png
 from ..structures.instances import separation_lines, touching_instances  # noqa: F401
 from ..structures.panoptic import id2rgb
+from .coco_panoptic import PANOPTIC_RECORD_KEYS
 from .datasets import load_coco_panoptic
 from .synthetic.meta import IGNORE_LABEL
 
@@ -281,16 +282,7 @@ def load_nuclei(
         _META,
         semantic_root=paths["semantic_root"],
     )
-    keep = (
-        "file_name",
-        "image_id",
-        "height",
-        "width",
-        "sem_seg_file_name",
-        "pan_seg_file_name",
-        "segments_info",
-    )
-    return [{k: d[k] for k in keep} for d in dicts]
+    return [{k: d[k] for k in PANOPTIC_RECORD_KEYS} for d in dicts]
 
 
 def register_nuclei(
