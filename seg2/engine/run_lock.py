@@ -4,7 +4,9 @@ metrics and overwrite each other's checkpoints. The main process holds an exclus
 ``--resume`` of a run that is still alive, ends with one line naming the holder.
 
 The lock is ``fcntl.flock``: the kernel drops it when the holder dies, however it dies, so a
-lock file left by a killed run is stale by construction and is taken over (with a note). On a
+lock file left by a killed run is stale by construction and is taken over (with a note). A
+forked child (a data-loader worker) closes its copy of the descriptor, so that workers which
+outlive a killed main process for a few seconds do not keep its folder locked. On a
 filesystem without ``flock`` the file's PID and host decide: a process on this host that no
 longer exists is stale; a holder on another host is respected.
 """
@@ -31,6 +33,19 @@ __all__ = ["LOCK_FILE", "OutputDirLock", "hold_output_dir"]
 logger = logging.getLogger("seg2")
 
 LOCK_FILE = "run.lock"
+
+_held_fds = set()  # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _alive(pid: int) -> bool:
@@ -113,6 +128,7 @@ class OutputDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, content.encode(), 0)
         self._fd = fd
+        _held_fds.add(fd)
         return self
 
     @staticmethod
@@ -135,6 +151,7 @@ class OutputDirLock:
             return
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)  # before unlocking: a waiting run then locks a new file
+        _held_fds.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 

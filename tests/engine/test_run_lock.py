@@ -15,8 +15,12 @@ from seg2.engine.run_lock import LOCK_FILE, OutputDirLock
 from seg2.io import InputError
 
 
-def _hold(output_dir, ready, conn):
+def _hold(output_dir, ready, conn, worker_pid=None):
     lock = OutputDirLock(output_dir).acquire()
+    if worker_pid is not None:  # a forked worker that outlives this process, as loaders do
+        worker = multiprocessing.get_context("fork").Process(target=signal.pause, daemon=False)
+        worker.start()
+        worker_pid.value = worker.pid
     ready.set()
     with contextlib.suppress(EOFError):
         conn.recv()  # until the test says so (a pipe: the test may SIGKILL this process)
@@ -63,6 +67,26 @@ class TestOutputDirLock(unittest.TestCase):
         self.assertIn(f"its holder, PID {self.holder.pid} on", logs.output[0])
         self.assertIn(f"pid={os.getpid()}\n", open(path).read())
         lock.release()
+
+    def test_a_forked_worker_does_not_keep_the_lock(self):
+        self.release.send(None)
+        self.holder.join(10)
+        ctx = multiprocessing.get_context("fork")
+        ready, worker_pid = ctx.Event(), ctx.Value("i", 0)
+        _, conn = ctx.Pipe()
+        holder = ctx.Process(target=_hold, args=(self.dir, ready, conn, worker_pid))
+        holder.start()
+        self.assertTrue(ready.wait(60))
+        try:
+            with self.assertRaises(InputError):
+                OutputDirLock(self.dir).acquire()
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.join(10)
+            os.kill(worker_pid.value, 0)  # the worker is still alive
+            OutputDirLock(self.dir).acquire().release()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker_pid.value, signal.SIGKILL)
 
     def test_without_flock_the_pid_and_host_decide(self):
         """A filesystem without flock: the file's holder is checked (live here: refused; dead
