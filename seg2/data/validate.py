@@ -62,8 +62,9 @@ class Problem:
     def __str__(self) -> str:
         where = f" {self.where}:" if self.where else ""
         value = repr(self.value)
-        if len(value) > 80:
-            value = value[:77] + "..."
+        limit = 300 if isinstance(self.value, str) else 80  # a path stays whole
+        if len(value) > limit:
+            value = value[: limit - 3] + "..."
         fld = f" field '{self.field}' = {value}:" if self.field else ""
         return f"{self.file}:{where}{fld} {self.message}"
 
@@ -88,6 +89,7 @@ class ValidationReport:
         """A problem where the dataset is scored (``DATASETS.TEST``), else a note of kind
         ``note`` (e.g. a COCO 'area' that training never reads)."""
         self.problems.append(Problem(file, where, fld, value, message, sample, note))
+
     def problem_rows(self) -> List[List]:
         """The problems as plain data (for a cache); :meth:`extend` takes them back."""
         return [

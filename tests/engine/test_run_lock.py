@@ -81,7 +81,7 @@ class TestOutputDirLock(unittest.TestCase):
             with self.assertRaises(InputError):
                 OutputDirLock(self.dir).acquire()
             os.kill(holder.pid, signal.SIGKILL)
-            holder.join(10)
+            os.waitpid(holder.pid, 0)  # not join(): the worker holds its sentinel pipe open
             os.kill(worker_pid.value, 0)  # the worker is still alive
             OutputDirLock(self.dir).acquire().release()
         finally:
