@@ -46,8 +46,11 @@ demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) OUTPUT_DIR $(DEMO_OUT)
 	@echo "Results: $(DEMO_OUT)/eval_results.json   Training log: $(DEMO_OUT)/metrics.json   Overlays: $(DEMO_OUT)/vis/overview.png"
 
+# Two pytest workers (most tests wait on one-thread tool subprocesses); a test class runs
+# whole in one worker, so its setUpClass runs once.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
 
 # ruff (lint and import order, configured in ruff.toml); make test runs it first.
 lint: setup

@@ -24,6 +24,8 @@ from .check_annotations import (
     is_num,
     report_unknown_image,
 )
+from .parallel import map_chunks
+from .validate import ValidationReport
 
 __all__ = [
     "FLAT_POLYGON_NOTE",
@@ -43,6 +45,8 @@ __all__ = [
     "check_instances_match_panoptic",
 ]
 
+# Annotations per chunk of the JSON check (a few seconds of work each).
+CHUNK = 20000
 # How far (pixels) a polygon point may lie outside its image: COCO's own polygons reach a
 # pixel or two past the border, and rasterising clips them as training and evaluation do.
 POLYGON_MARGIN = 4.0
@@ -334,19 +338,30 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
     """COCO instances: ids, references, segmentations, boxes, areas.
 
     Returns ``data`` (unchanged: a flat polygon list is noted here and wrapped by the loader)
-    or None when the file's structure is unusable.
+    or None when the file's structure is unusable. The annotations are checked in chunks of
+    ``CHUNK``, over the cores (:func:`.parallel.map_chunks`).
     """
     if not check_top_level(data, path, report):
         return None
     known, images = check_images_json(data["images"], path, report)
     cats = check_categories(data["categories"], path, report)
-    check_ids(
-        data["annotations"], path, "annotation", report, sample_of=lambda a: a.get("image_id")
-    )
+    anns = data["annotations"]
+    check_ids(anns, path, "annotation", report, sample_of=lambda a: a.get("image_id"))
+    with_seg = sum(1 for a in anns if isinstance(a, dict) and "segmentation" in a)
+    job = (anns, images, known, cats, with_seg, path)
+    for rows, notes in map_chunks(_check_annotations, job, len(anns), CHUNK):
+        report.extend(rows, notes)
+    return data
+
+
+def _check_annotations(job: Tuple, lo: int, hi: int) -> Tuple[List, Dict]:
+    """Annotations ``lo:hi`` of ``job`` (annotations, images by id, known image ids,
+    categories, how many have a segmentation, path): (problem rows, notes)."""
+    anns, images, known, cats, with_seg, path = job
+    report = ValidationReport("")
     pending = []  # polygon annotations whose box is checked in one batch
     unverified = []  # the same, numbers not checked yet
-    with_seg = sum(1 for a in data["annotations"] if isinstance(a, dict) and "segmentation" in a)
-    for i, a in enumerate(data["annotations"]):
+    for i, a in enumerate(anns[lo:hi], lo):
         if not isinstance(a, dict):
             continue
         where = f"annotation {a.get('id', '#' + str(i))}"
@@ -457,7 +472,7 @@ def check_coco_instances_json(data, path: str, report) -> Optional[Dict]:
     else:
         pending = verified
     _compare_polygon_boxes(pending, path, report, coords)
-    return data
+    return report.problem_rows(), dict(report.notes)
 
 
 def _check_polygon_costs(pending, path, report, x, y, xn, yn, pstart, astart, poly_area):

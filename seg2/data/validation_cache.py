@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..io import atomic_open
+from .parallel import check_workers
 
-__all__ = ["ValidationCache", "default_cache_dir", "file_digest", "check_workers"]
+__all__ = ["ValidationCache", "default_cache_dir", "file_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,6 @@ def file_digest(path: str) -> str:
     """SHA-256 of a file's bytes (hex)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def check_workers() -> int:
-    """Threads that read files in parallel: the cores this process may use (the image and
-    PNG decoders release the GIL)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def _identity(path: str) -> Optional[List[int]]:

@@ -23,10 +23,16 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from seg2.data.check_instances import BOX_NOTE, SHORT_POLYGON_NOTE
+from seg2.data import check_instances, parallel
+from seg2.data.check_instances import BOX_NOTE, SHORT_POLYGON_NOTE, check_coco_instances_json
 from seg2.data.coco import load_coco_instances, read_coco_categories
 from seg2.data.dataset_mapper import Seg2DatasetMapper
-from seg2.data.validate import configure_validation, last_report, validate_datasets
+from seg2.data.validate import (
+    ValidationReport,
+    configure_validation,
+    last_report,
+    validate_datasets,
+)
 from seg2.io import BitDepthRule, InputError, load_image, read_image_header
 from seg2_testing import get_seg2_cfg, tiny_synthetic_root
 
@@ -171,6 +177,48 @@ class TestPolygons(Case):
         other["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]
         with self.assertRaisesRegex(InputError, "a polygon needs at least 3 points"):
             load_coco_instances(self.write(self.data), self.images, unique("short"))
+
+
+class TestChunks(Case):
+    """The annotation check over the cores: the same problems and notes whether the file is
+    checked in one piece or in chunks, and the same order whether the chunks run here or in
+    forked processes."""
+
+    def _check(self, data, chunk, workers):
+        with mock.patch.object(check_instances, "CHUNK", chunk), mock.patch.object(
+            parallel, "check_workers", lambda: workers
+        ):
+            report = ValidationReport("chunks")
+            check_coco_instances_json(data, "ann.json", report)
+        return [str(p) for p in report.problems], dict(report.notes)
+
+    def test_chunks_find_what_one_pass_finds(self):
+        anns = self.data["annotations"]
+        polygons = [a for a in anns if isinstance(a["segmentation"], list)]
+        self.assertGreater(len(anns), 12)
+        anns[1]["category_id"] = 99
+        x, y, w, h = polygons[2]["bbox"]
+        polygons[2]["bbox"] = [x + 30, y, w, h]
+        polygons[-1]["segmentation"] = polygons[-1]["segmentation"][0]  # a flat list: a note
+        polygons[-3]["segmentation"] = polygons[-3]["segmentation"] + [[1.0, 2.0, 3.0, 4.0]]
+        anns[-2]["iscrowd"] = 3
+        problems, notes = self._check(self.data, 10**9, 1)
+        self.assertEqual(len(problems), 3, problems)
+        self.assertEqual(sum(map(len, notes.values())), 2, notes)
+        chunked = self._check(self.data, 5, 1)
+        forked = self._check(self.data, 5, 2)
+        self.assertEqual(sorted(chunked[0]), sorted(problems))
+        self.assertEqual({k: sorted(v) for k, v in chunked[1].items()}, notes)
+        self.assertEqual(forked, chunked)
+
+    def test_map_chunks_forks_and_keeps_order(self):
+        with mock.patch.object(parallel, "check_workers", lambda: 2):
+            out = parallel.map_chunks(lambda job, lo, hi: (job, lo, hi, os.getpid()), "j", 7, 3)
+        self.assertEqual([o[:3] for o in out], [("j", 0, 3), ("j", 3, 6), ("j", 6, 7)])
+        self.assertNotIn(os.getpid(), [o[3] for o in out])
+        with mock.patch.object(parallel, "check_workers", lambda: 1):
+            out = parallel.map_chunks(lambda job, lo, hi: os.getpid(), None, 7, 3)
+        self.assertEqual(out, [os.getpid()] * 3)
 
 
 class TestOneParse(Case):

@@ -5,9 +5,10 @@ batch, seg2 (registration, validation, resumable loader) against Detectron2's
 Data: ``N`` images (hard links to a few real 640x480 JPEGs, so every image is its own path
 with a real header), ~7.4 polygons per image (many small objects, as in COCO), COCO's 80
 non-contiguous category ids, 1% crowd annotations as uncompressed RLE. Each measurement
-runs in a fresh process and reports CPU seconds (``getrusage``, all threads: the machine may
-be shared, so no wall time) from after the imports to the first batch, and the resident
-memory it added once the loader was built. seg2 runs twice on one cache folder: a first
+runs in a fresh process and reports CPU seconds (``getrusage``: all threads, and the forked
+processes that check a JSON over the cores) and wall seconds from after the imports to the
+first batch (on a shared machine wall time measures the load too), and the resident memory
+it added once the loader was built. seg2 runs twice on one cache folder: a first
 start (empty validation cache) and a later start with unchanged data.
 
 The mapper line compares ``Seg2DatasetMapper`` with Detectron2's ``DatasetMapper``, both with
@@ -43,8 +44,11 @@ def _rss_mb() -> float:
 
 
 def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process and of its ended children (forked validation workers)."""
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
 
 
 def _polygon(rng, cx: float, cy: float, r: float) -> List[float]:
@@ -167,7 +171,7 @@ def child(kind: str, json_file: str, image_root: str, cache_dir: str, check_file
         from seg2.data.datasets import register_from_config
         from seg2.data.validate import validate_datasets
         from seg2.engine.trainer import Seg2Trainer
-    rss0, cpu0 = _rss_mb(), _cpu_s()
+    rss0, cpu0, wall0 = _rss_mb(), _cpu_s(), time.perf_counter()
     if kind == "d2":
         from detectron2.data.datasets import register_coco_instances
 
@@ -184,10 +188,11 @@ def child(kind: str, json_file: str, image_root: str, cache_dir: str, check_file
         loader = Seg2Trainer.build_train_loader(cfg)
     cpu_loader, rss_loader = _cpu_s(), _rss_mb()
     batch = next(iter(loader))
-    cpu1 = _cpu_s()
+    cpu1, wall1 = _cpu_s(), time.perf_counter()
     assert len(batch) == 2
     return {
         "cpu_s": cpu1 - cpu0,
+        "wall_s": wall1 - wall0,
         "cpu_loader_s": cpu_loader - cpu0,
         "rss_mb": rss_loader - rss0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -340,15 +345,17 @@ def machine() -> Dict:
 def format_startup_table(result: Dict) -> str:
     lines = [
         "| images | annotations | Detectron2 CPU s | seg2 first start CPU s (x) "
-        "| seg2 later start CPU s (x) | Detectron2 RSS MB | seg2 RSS MB first / later (x) |",
-        "|---|---|---|---|---|---|---|",
+        "| seg2 later start CPU s (x) | wall s: Detectron2 / seg2 first / later "
+        "| Detectron2 RSS MB | seg2 RSS MB first / later (x) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         d2, a, b = r["d2"], r["seg2_first"], r["seg2_later"]
         lines.append(
             f"| {r['images']} | {r['annotations']} | {d2['cpu_s']:.2f} | "
             f"{a['cpu_s']:.2f} ({a['cpu_s'] / d2['cpu_s']:.2f}x) | "
-            f"{b['cpu_s']:.2f} ({b['cpu_s'] / d2['cpu_s']:.2f}x) | {d2['rss_mb']:.0f} | "
+            f"{b['cpu_s']:.2f} ({b['cpu_s'] / d2['cpu_s']:.2f}x) | "
+            f"{d2['wall_s']:.2f} / {a['wall_s']:.2f} / {b['wall_s']:.2f} | {d2['rss_mb']:.0f} | "
             f"{a['rss_mb']:.0f} / {b['rss_mb']:.0f} "
             f"({max(a['rss_mb'], b['rss_mb']) / d2['rss_mb']:.2f}x) |"
         )

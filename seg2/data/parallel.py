@@ -1,0 +1,44 @@
+"""Validation over the cores this process may use. Reading files (decoding images and PNGs)
+releases the GIL, so threads share it out; checking a parsed JSON is pure Python, which holds
+the GIL, so it goes to forked processes, which inherit the parsed file instead of receiving
+a pickled copy."""
+
+import multiprocessing
+import os
+import sys
+from typing import Any, Callable, List, Tuple
+
+__all__ = ["check_workers", "map_chunks"]
+
+
+def check_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+_JOB: List[Any] = []  # what a forked worker inherits: (fn, job)
+
+
+def _run(bounds: Tuple[int, int]):
+    fn, job = _JOB[0]
+    return fn(job, *bounds)
+
+
+def map_chunks(fn: Callable[[Any, int, int], Any], job: Any, total: int, chunk: int) -> List:
+    """``[fn(job, lo, hi)]`` for the chunks ``[lo, hi)`` of ``range(total)``, in order. With
+    several chunks and cores the chunks run in forked processes (Linux; not from a daemonic
+    process, which may not have children), each returning plain, picklable data. The chunks
+    do not depend on the number of processes, so neither does the result."""
+    ranges = [(lo, min(lo + chunk, total)) for lo in range(0, total, chunk)]
+    workers = min(check_workers(), len(ranges))
+    if workers < 2 or sys.platform != "linux" or multiprocessing.current_process().daemon:
+        return [fn(job, lo, hi) for lo, hi in ranges]
+    _JOB.append((fn, job))
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_run, ranges, chunksize=1)
+    finally:
+        _JOB.clear()
