@@ -8,14 +8,14 @@ Layers, each importing only those below it (the contract in ``.importlinter``): 
 """
 import warnings
 
-# Detectron2 (April 2024) still calls torch.jit.script, which torch 2.14 deprecates loudly at
-# import time; the call works, so keep the noise out of users' logs.
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-
-from . import data, modeling  # noqa: E402,F401  (registration side effects)
+# Detectron2 (April 2024) calls torch.jit.script at import, which torch 2.14 deprecates
+# loudly; the call works. Kept quiet while seg2 imports it, not for the rest of the process.
+with warnings.catch_warnings():
+    warnings.filterwarnings(
+        "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+    )
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    from . import data, modeling  # noqa: F401  (registration side effects)
 from .config import add_seg2_config  # noqa: E402
 
 __all__ = ["add_seg2_config"]

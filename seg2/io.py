@@ -11,7 +11,6 @@ never a luminance), :func:`read_panoptic_png` (COCO panoptic ids). Writers are a
 import contextlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
@@ -59,8 +58,11 @@ def not_a_file(path: str, what: str) -> str:
     return f"{what} file not found"
 
 
-# 19 or more digits in a row: an integer orjson would turn into a float (beyond 64 bits).
-_LONG_DIGITS = re.compile(rb"\d{19,}")
+# 19 or more digits in a row may be an integer orjson would turn into a float (beyond 64
+# bits). Found by mapping every digit to "0" and searching for 19 of them (C speed, unlike
+# a regular expression over the whole file).
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGITS = b"0" * 19
 
 
 def read_json(path: str, what: str = "JSON") -> Any:
@@ -72,7 +74,7 @@ def read_json(path: str, what: str = "JSON") -> Any:
         raise InputError(f"{path}: {not_a_file(path, what)}")
     with open(path, "rb") as f:
         raw = f.read()
-    if orjson is not None and not _LONG_DIGITS.search(raw):
+    if orjson is not None and raw.translate(_DIGITS_TO_ZERO).find(_LONG_DIGITS) < 0:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

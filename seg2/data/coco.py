@@ -1,6 +1,7 @@
 """COCO instances by path: validated up front, then turned into Detectron2's dataset dicts
 from the same parse of the file (the records of Detectron2's ``load_coco_json``)."""
 
+import functools
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from detectron2.structures import BoxMode
 
 from ..io import InputError, read_json
 from .check_annotations import is_int
-from .check_files import check_folder, image_facts, image_kind, report_image
+from .check_files import check_folder, image_facts, image_kind, images_per_chunk, report_image
 from .check_instances import check_coco_instances_json
 from .validate import (
     ValidationReport,
@@ -75,9 +76,8 @@ def check_coco_instances(
         im for im in data["images"] if isinstance(im, dict) and isinstance(im.get("file_name"), str)
     ]
     paths = [os.path.join(image_root, im["file_name"]) for im in named]
-    facts = cache.facts(
-        image_kind(opts), paths, lambda p: image_facts(p, opts), parallel=opts.check_files
-    )
+    read = functools.partial(image_facts, opts=opts)
+    facts = cache.facts(image_kind(opts), paths, read, images_per_chunk(opts))
     for im, path in zip(named, paths):
         hw = (im.get("height"), im.get("width"))
         if not all(is_int(v) and v > 0 for v in hw):

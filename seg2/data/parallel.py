@@ -1,7 +1,7 @@
-"""Validation over the cores this process may use. Reading files (decoding images and PNGs)
-releases the GIL, so threads share it out; checking a parsed JSON is pure Python, which holds
-the GIL, so it goes to forked processes, which inherit the parsed file instead of receiving
-a pickled copy."""
+"""Validation over the cores this process may use. Reading files and checking a parsed JSON
+are largely Python (PIL parses headers in Python; the checks walk dicts), which holds the GIL,
+so the work goes to forked processes, which inherit the parsed file and the paths instead of
+receiving a pickled copy, and send back plain results."""
 
 import multiprocessing
 import os

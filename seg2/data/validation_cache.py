@@ -13,11 +13,11 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..io import atomic_open
-from .parallel import check_workers
+from .parallel import check_workers, map_chunks
 
 __all__ = ["ValidationCache", "default_cache_dir", "file_digest"]
 
@@ -37,6 +37,11 @@ def file_digest(path: str) -> str:
     """SHA-256 of a file's bytes (hex)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_files(job, lo: int, hi: int) -> List[Dict]:
+    read, paths = job
+    return [read(p) for p in paths[lo:hi]]
 
 
 def _identity(path: str) -> Optional[List[int]]:
@@ -95,12 +100,13 @@ class ValidationCache:
         self._json[digest] = results
 
     def facts(
-        self, kind: str, paths: Sequence[str], read: Callable[[str], Dict], parallel: bool = True
+        self, kind: str, paths: Sequence[str], read: Callable[[str], Dict], per_chunk: int = 4
     ) -> Dict[str, Dict]:
         """{path: read(path)} for every path, reusing what was read from a file with the same
-        identity; the others are read in parallel (:func:`check_workers` threads) when
-        ``parallel`` (decoding, which releases the GIL; header reads gain nothing). ``kind``
-        separates what is read of one file (e.g. a header or a full decode)."""
+        identity; the others are read over the cores (:func:`.parallel.map_chunks`), in
+        chunks of at least ``per_chunk`` files (enough work to be worth a process: a few
+        decodes, or a thousand header reads). ``kind`` separates what is read of one
+        file (e.g. a header or a full decode)."""
         old = self._old.get("files", {})
         out, todo = {}, []
         for path in dict.fromkeys(paths):
@@ -114,12 +120,10 @@ class ValidationCache:
             else:
                 todo.append((key, path, ident))
         if todo:
-            workers = min(check_workers(), max(1, len(todo) // 16)) if parallel else 1
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    results = list(pool.map(read, [p for _, p, _ in todo], chunksize=32))
-            else:
-                results = [read(p) for _, p, _ in todo]
+            # a few chunks per core, so that one slow chunk does not hold up the others
+            chunk = max(per_chunk, -(-len(todo) // (4 * check_workers())))
+            job = (read, [p for _, p, _ in todo])
+            results = chain.from_iterable(map_chunks(_read_files, job, len(todo), chunk))
             for (key, path, ident), facts in zip(todo, results):
                 out[path] = facts
                 if ident is not None:

@@ -2,16 +2,16 @@
 DistributedDataParallel that also works on CPU (gloo), an exactly resumable train loader, a
 clean stop on non-finite losses and a checkpointed stop on SIGTERM."""
 
-import contextlib
 import logging
-from unittest import mock
+import weakref
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data.common import DatasetFromList
-from detectron2.engine import DefaultTrainer, hooks
-from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import Seg2DatasetMapper
@@ -55,16 +55,24 @@ class Seg2Trainer(DefaultTrainer):
     (:mod:`seg2.engine.preemption`)."""
 
     def __init__(self, cfg):
-        # Detectron2 builds DDP with device_ids=[local_rank], which CPU modules reject, and
-        # offers no hook for it: only for several CPU processes is its helper swapped, for
-        # the constructor call alone (a rename upstream fails loudly here, not silently).
-        cpu_ddp = comm.get_world_size() > 1 and not cfg.MODEL.DEVICE.startswith("cuda")
-        with (
-            mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model)
-            if cpu_ddp
-            else (contextlib.nullcontext())
-        ):
-            super().__init__(cfg)
+        # DefaultTrainer's constructor, step by step, with seg2's create_ddp_model: Detectron2's
+        # passes device_ids=[local_rank], which DDP rejects for CPU modules, and the
+        # constructor has no hook for it.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        trainer = weakref.proxy(self)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=trainer)
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())
         self.failed = False
         stop_on_non_finite_losses(self.model, lambda: self.iter, self._newest_checkpoint)
 
