@@ -45,7 +45,7 @@ __all__ = [
     "check_instances_match_panoptic",
 ]
 
-# Annotations per chunk of the JSON check (a few seconds of work each).
+# Annotations per chunk of the JSON check (about half a second of work each).
 CHUNK = 20000
 # How far (pixels) a polygon point may lie outside its image: COCO's own polygons reach a
 # pixel or two past the border, and rasterising clips them as training and evaluation do.
