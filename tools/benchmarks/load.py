@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -33,20 +32,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from .process import peak_rss_mb, rss_mb
+
 __all__ = ["run_load_benchmark", "main"]
-
-
-def _rss_mb() -> float:
-    """Current resident set size (MiB), from /proc (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _replicate(root: str, out: str, num_images: int) -> Dict[str, str]:
@@ -243,7 +231,7 @@ def run_load_benchmark(
     }
     for ev in evaluators.values():
         ev.reset()
-    rss = [round(_rss_mb(), 1)]
+    rss = [round(rss_mb(), 1)]
     t0 = time.perf_counter()
     for i, r in enumerate(records):
         logits, ins, pan = preds[os.path.basename(r["file_name"])]
@@ -251,7 +239,7 @@ def run_load_benchmark(
         for ev in evaluators.values():
             ev.process([r], [out])
         if (i + 1) % chunk == 0 or i + 1 == len(records):
-            rss.append(round(_rss_mb(), 1))
+            rss.append(round(rss_mb(), 1))
             if log_every:
                 print(f"{i + 1} images, RSS {rss[-1]} MiB", file=sys.stderr)
     t_process = time.perf_counter() - t0
@@ -260,7 +248,7 @@ def run_load_benchmark(
         t = time.perf_counter()
         results[key] = ev.evaluate()
         seconds[key] = time.perf_counter() - t + t_process / len(evaluators)
-    rss.append(round(_rss_mb(), 1))
+    rss.append(round(rss_mb(), 1))
 
     # semantic: per-chunk confusion matrices, summed
     k = len(meta["stuff_classes"])
@@ -355,7 +343,7 @@ def run_load_benchmark(
         "chunk": chunk,
         "rows": rows,
         "rss_mb": rss,
-        "peak_rss_mb": round(_peak_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

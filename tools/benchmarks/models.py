@@ -37,7 +37,6 @@ import logging
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import time
 from collections import OrderedDict
@@ -51,6 +50,8 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
+
+from .process import peak_rss_mb, rss_mb
 
 __all__ = [
     "VARIANTS",
@@ -347,15 +348,10 @@ def _median(xs: List[float], skip: int = 1) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _peak_memory_child(variant, cfg, pipeline, batch_test, seed, queue) -> None:
     """Forked child: build one variant, one training step, one batched inference."""
     try:
-        start = _rss_mb()
+        start = rss_mb()
         if cfg.MODEL.DEVICE.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         runner = _Runner(variant, cfg, pipeline, 1, batch_test, seed)
@@ -364,7 +360,7 @@ def _peak_memory_child(variant, cfg, pipeline, batch_test, seed, queue) -> None:
         if cfg.MODEL.DEVICE.startswith("cuda"):
             queue.put(torch.cuda.max_memory_allocated() / 2**20)
         else:
-            queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - start)
+            queue.put(peak_rss_mb() - start)
     except BaseException as e:  # the parent reports it
         queue.put(f"{type(e).__name__}: {e}")
 

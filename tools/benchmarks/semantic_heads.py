@@ -29,7 +29,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import time
 import traceback
@@ -41,6 +40,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
+
+from .process import peak_rss_mb
 
 __all__ = [
     "VARIANTS",
@@ -176,10 +177,6 @@ def _median_after_warmup(times: List[float], warmup: int = 2) -> float:
     )
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def run_variant(
     variant: str,
     output_dir: str,
@@ -222,7 +219,7 @@ def run_variant(
     on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
-    rss_start = _max_rss_mb()
+    rss_start = peak_rss_mb()
 
     seed_all_rng(seed)
     trainer = Seg2Trainer(cfg)
@@ -257,7 +254,7 @@ def run_variant(
             boundary.process(inputs, outputs)
     sem = evaluator.evaluate()["sem_seg"]
     bnd = boundary.evaluate()["boundary"]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else _max_rss_mb() - rss_start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else peak_rss_mb() - rss_start
 
     row = OrderedDict(
         variant=variant,

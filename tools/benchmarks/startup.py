@@ -18,7 +18,6 @@ interleaved rounds, median).
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,28 +26,14 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from .process import cpu_s, peak_rss_mb, rss_mb
+
 __all__ = ["generate_coco", "run_startup_benchmark", "format_startup_table", "file_costs"]
 
 # COCO's 80 category ids (1..90 with gaps).
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 H, W = 480, 640
 NAME = "bench_train"
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _cpu_s() -> float:
-    """CPU seconds of this process and of its ended children (forked validation workers)."""
-    return sum(
-        r.ru_utime + r.ru_stime
-        for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    )
 
 
 def _polygon(rng, cx: float, cy: float, r: float) -> List[float]:
@@ -171,7 +156,7 @@ def child(kind: str, json_file: str, image_root: str, cache_dir: str, check_file
         from seg2.data.datasets import register_from_config
         from seg2.data.validate import validate_datasets
         from seg2.engine.trainer import Seg2Trainer
-    rss0, cpu0, wall0 = _rss_mb(), _cpu_s(), time.perf_counter()
+    rss0, cpu0, wall0 = rss_mb(), cpu_s(), time.perf_counter()
     if kind == "d2":
         from detectron2.data.datasets import register_coco_instances
 
@@ -186,16 +171,16 @@ def child(kind: str, json_file: str, image_root: str, cache_dir: str, check_file
         register_from_config(cfg)
         validate_datasets(cfg, cfg.DATASETS.TRAIN)
         loader = Seg2Trainer.build_train_loader(cfg)
-    cpu_loader, rss_loader = _cpu_s(), _rss_mb()
+    cpu_loader, rss_loader = cpu_s(), rss_mb()
     batch = next(iter(loader))
-    cpu1, wall1 = _cpu_s(), time.perf_counter()
+    cpu1, wall1 = cpu_s(), time.perf_counter()
     assert len(batch) == 2
     return {
         "cpu_s": cpu1 - cpu0,
         "wall_s": wall1 - wall0,
         "cpu_loader_s": cpu_loader - cpu0,
         "rss_mb": rss_loader - rss0,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -216,11 +201,11 @@ def mapper_child(json_file: str, image_root: str, images: int, rounds: int) -> D
     for r in range(rounds + 1):
         for k, m in mappers.items():
             np.random.seed(r)
-            t = _cpu_s()
+            t = cpu_s()
             for d in dicts:
                 m(d)
             if r:  # the first round warms up
-                times[k].append((_cpu_s() - t) * 1000 / len(dicts))
+                times[k].append((cpu_s() - t) * 1000 / len(dicts))
     out = {k: statistics.median(v) for k, v in times.items()}
     out["ratio"] = out["seg2"] / out["d2"]
     return out
@@ -323,10 +308,10 @@ def file_costs(out: str, repeats: int = 5) -> Dict:
     result = {}
     for name, read in reads.items():
         read()
-        t = _cpu_s()
+        t = cpu_s()
         for _ in range(repeats):
             read()
-        result[name] = (_cpu_s() - t) * 1000 / repeats
+        result[name] = (cpu_s() - t) * 1000 / repeats
     return result
 
 
