@@ -30,7 +30,6 @@ import contextlib
 import glob
 import io
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -43,6 +42,7 @@ from detectron2.structures import BoxMode
 
 from ..io import InputError, open_image, read_json, read_label_png, write_png
 from .coco_panoptic import panoptic_metadata
+from .parallel import worker_context
 
 __all__ = [
     "CityscapesFrame",
@@ -338,7 +338,7 @@ def _instance_record(frame: CityscapesFrame, use_polygons: bool, thing_map: Dict
 def _map(fn: Callable, items: List) -> List:
     if len(items) < _POOL_MIN_FRAMES:
         return [fn(x) for x in items]
-    with mp.Pool(processes=min(8, max(2, (os.cpu_count() or 2) // 2))) as pool:
+    with worker_context().Pool(processes=min(8, max(2, (os.cpu_count() or 2) // 2))) as pool:
         return pool.map(fn, items, chunksize=8)
 
 

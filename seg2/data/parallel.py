@@ -1,14 +1,21 @@
-"""Validation over the cores this process may use. Reading files and checking a parsed JSON
-are largely Python (PIL parses headers in Python; the checks walk dicts), which holds the GIL,
-so the work goes to forked processes, which inherit the parsed file and the paths instead of
-receiving a pickled copy, and send back plain results."""
+"""Work over the cores this process may use, in worker processes.
+
+Validation: reading files and checking a parsed JSON are largely Python (PIL parses headers
+in Python; the checks walk dicts), which holds the GIL, so the work goes to forked processes,
+which inherit the parsed file and the paths instead of receiving a pickled copy, and send back
+plain results.
+
+Workers (data loaders, pools) start the platform's default way, also in the training processes
+that Detectron2's ``launch`` spawns: their children would otherwise be spawned as well, each
+importing torch, Detectron2 and seg2 again (seconds per worker) and receiving a pickled copy of
+its dataset."""
 
 import multiprocessing
 import os
 import sys
 from typing import Any, Callable, List, Tuple
 
-__all__ = ["check_workers", "map_chunks"]
+__all__ = ["check_workers", "map_chunks", "worker_context"]
 
 
 def check_workers() -> int:
@@ -17,6 +24,12 @@ def check_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method of worker processes: the platform's default (fork on Linux), whatever
+    the process itself was started with."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
 
 
 _JOB: List[Any] = []  # what a forked worker inherits: (fn, job)

@@ -22,6 +22,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..data.parallel import worker_context
 from ..io import InputError
 from .preemption import ignore_stop_signals
 
@@ -237,6 +238,7 @@ class ResumableTrainLoader:
             collate_fn=_identity,
             generator=generator,
             worker_init_fn=ignore_stop_signals if self._num_workers else None,
+            multiprocessing_context=worker_context() if self._num_workers else None,
         )
         for position, item in loader:
             self._next = position + 1

@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import Seg2DatasetMapper
+from ..data.parallel import worker_context
 from ..evaluation.build import build_evaluators
 from ..io import InputError
 from ..modeling.roi_align import use_fast_roi_align
@@ -203,7 +204,11 @@ class Seg2Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=Seg2DatasetMapper(cfg, False))
+        mapper = Seg2DatasetMapper(cfg, False)
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        if loader.num_workers:
+            loader.multiprocessing_context = worker_context()
+        return loader
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -4,7 +4,6 @@ with a worker pool over images (the same figures for any worker count), and the 
 tables Detectron2 logs."""
 import logging
 import math
-import multiprocessing
 import os
 from collections import OrderedDict
 from functools import partial
@@ -13,6 +12,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 from tabulate import tabulate
 
+from ..data.parallel import worker_context
 from ..io import InputError, read_json, read_panoptic_png
 from .pq import PQ_GROUPS, PQBatch, PQScores, pq_results
 
@@ -164,7 +164,7 @@ def pq_compute_files(
         # A few chunks per worker balance uneven image sizes with little IPC.
         size = math.ceil(len(tasks) / (4 * num_workers))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-        with multiprocessing.Pool(processes=num_workers) as pool:
+        with worker_context().Pool(processes=num_workers) as pool:
             scores = PQScores.concatenate(
                 pool.map(partial(_compute_chunk, categories=categories), chunks)
             )

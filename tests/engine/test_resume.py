@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sys
 import unittest
 
 import numpy as np
@@ -29,6 +30,23 @@ def refuse_five(d):
     if d["id"] == 5:
         raise InputError(f"image {d['id']}: bad field 'segmentation'")
     return d
+
+
+# Set in a process before it starts loader workers: a forked worker inherits it, a spawned one
+# imports this module afresh and sees None.
+_MARK = [None]
+
+
+def parent_mark(d):
+    return dict(d, mark=_MARK[0])
+
+
+def marks_in_spawned_process(queue):
+    """In a process started the way Detectron2's ``launch`` starts training processes
+    (spawn): put the marks that a loader worker sees."""
+    _MARK[0] = "set before the workers started"
+    batches = loader(1, mapper=parent_mark)
+    queue.put([d["mark"] for batch in itertools.islice(iter(batches), 2) for d in batch])
 
 
 def loader(workers=0, grouping=True, mapper=augment, seed=3):
@@ -108,6 +126,20 @@ class TestResumableTrainLoader(unittest.TestCase):
         for w in workers:
             w.join(30)
             self.assertEqual(w.exitcode, 0)
+
+    @unittest.skipUnless(sys.platform == "linux", "fork is the default start method on Linux")
+    def test_workers_are_forked_in_a_spawned_training_process(self):
+        # Spawned workers would import torch, Detectron2 and seg2 again (seconds each) and get
+        # a pickled copy of the dataset; forked ones inherit the process as it is.
+        spawn = multiprocessing.get_context("spawn")
+        queue = spawn.Queue()
+        proc = spawn.Process(target=marks_in_spawned_process, args=(queue,))
+        proc.start()
+        try:
+            marks = queue.get(timeout=120)
+        finally:
+            proc.join(timeout=60)
+        self.assertEqual(marks, ["set before the workers started"] * 4)
 
     def test_user_error_in_worker_arrives_as_itself(self):
         for workers in (0, 2):
