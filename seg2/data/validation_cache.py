@@ -56,8 +56,8 @@ class ValidationCache:
     """The cached results of one dataset (``key`` names it: its kind, paths and the options
     that change what checks find). ``folder`` None keeps nothing between starts.
 
-    Counters for the latest use: ``json_checked`` (bool), ``files_checked`` and
-    ``files_reused``.
+    Counters for the latest use: ``has_json`` (it checked or reused the results of a JSON
+    file), ``json_checked``, ``files_checked`` and ``files_reused``.
     """
 
     def __init__(self, folder: Optional[str], key: Sequence[Any]):
@@ -68,6 +68,7 @@ class ValidationCache:
         self._old = self._read()
         self._json: Dict[str, Dict] = {}
         self._files: Dict[str, List] = {}
+        self.has_json = False
         self.json_checked = False
         self.files_checked = 0
         self.files_reused = 0
@@ -82,21 +83,17 @@ class ValidationCache:
         except (OSError, ValueError, AttributeError):
             return {}  # unreadable: checked again and rewritten
 
-    @property
-    def has_json(self) -> bool:
-        """Whether this use checked or reused the results of a JSON file."""
-        return bool(self._json)
-
     def json_results(self, digest: str) -> Optional[Dict]:
         """What :meth:`store_json` stored for a JSON file with this digest, or None."""
         found = self._old.get("json", {}).get(digest)
         if found is not None:
             self._json[digest] = found
+            self.has_json = True
         return found
 
     def store_json(self, digest: str, results: Dict) -> None:
         """Keep the results (plain data) of checking the JSON file with this digest."""
-        self.json_checked = True
+        self.has_json = self.json_checked = True
         self._json[digest] = results
 
     def facts(
@@ -132,11 +129,13 @@ class ValidationCache:
         return out
 
     def save(self) -> None:
-        """Write what this use found (files no longer used are dropped); a folder that
-        cannot be written costs only the next start's time."""
+        """Write what this use found (files no longer used are dropped), then let it go: the
+        run keeps only the counters. A folder that cannot be written costs only the next
+        start's time."""
+        data = {"version": CACHE_VERSION, "json": self._json, "files": self._files}
+        self._old, self._json, self._files = {}, {}, {}
         if self.path is None or not (self.json_checked or self.files_checked):
             return
-        data = {"version": CACHE_VERSION, "json": self._json, "files": self._files}
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with atomic_open(self.path, "w") as f:
