@@ -28,9 +28,12 @@ import os
 import tempfile
 from typing import List, Optional, Sequence
 
+import seg2  # noqa: F401  first: registers seg2's parts, imports Detectron2 quietly
+
+# isort: split
+
 from detectron2.utils.logger import setup_logger
 
-import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from benchmarks.semantic_heads import DEFAULT_VARIANTS, VARIANTS, run_heads_benchmark
 
 
@@ -104,6 +107,9 @@ def _add_startup_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mapper-rounds", type=int, default=5)
     g.add_argument(
         "--no-file-costs", action="store_true", help="skip the per-file costs at Cityscapes size"
+    )
+    g.add_argument(
+        "--repeats", type=int, default=1, help="rounds per size (the table shows medians)"
     )
 
 
@@ -210,6 +216,7 @@ def run_startup(args, output: str):
         mapper_images=args.mapper_images,
         mapper_rounds=args.mapper_rounds,
         cityscapes_files=not args.no_file_costs,
+        repeats=args.repeats,
     )
     table = format_startup_table(result)
     _write_results(output, "startup", table, result)

@@ -9,10 +9,13 @@ Writes results.json, results.md and nuclei_example.png; see tools/benchmarks/nuc
 """
 import argparse
 
+import seg2  # noqa: F401  first: registers seg2's parts, imports Detectron2 quietly
+
+# isort: split
+
 import torch
 from detectron2.utils.logger import setup_logger
 
-import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from benchmarks.nuclei import run_nuclei_example
 
 

@@ -18,10 +18,13 @@ at it and exit status 143; --resume continues from there.
 import logging
 import os
 
+import seg2  # noqa: F401  first: registers seg2's parts, imports Detectron2 quietly
+
+# isort: split
+
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
-import seg2  # noqa: F401  (registers heads, meta-architectures and datasets)
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
 from seg2.engine.defaults import build_cfg, format_metrics_table, setup_run, write_metrics
 from seg2.engine.preemption import forward_stop_signals

@@ -3,13 +3,16 @@
 Validation: reading files and checking a parsed JSON are largely Python (PIL parses headers
 in Python; the checks walk dicts), which holds the GIL, so the work goes to forked processes,
 which inherit the parsed file and the paths instead of receiving a pickled copy, and send back
-plain results.
+plain results. Each worker first freezes what it inherited (``gc.freeze``): its own garbage
+collections then skip those objects (a parsed COCO-size JSON is millions) instead of walking
+them all, which would also copy every page they lie on.
 
 Workers (data loaders, pools) start the platform's default way, also in the training processes
 that Detectron2's ``launch`` spawns: their children would otherwise be spawned as well, each
 importing torch, Detectron2 and seg2 again (seconds per worker) and receiving a pickled copy of
 its dataset."""
 
+import gc
 import multiprocessing
 import os
 import sys
@@ -51,7 +54,7 @@ def map_chunks(fn: Callable[[Any, int, int], Any], job: Any, total: int, chunk: 
         return [fn(job, lo, hi) for lo, hi in ranges]
     _JOB.append((fn, job))
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=gc.freeze) as pool:
             return pool.map(_run, ranges, chunksize=1)
     finally:
         _JOB.clear()

@@ -5,6 +5,7 @@ Detectron2's records, no copies of a split, and the bitmask mapper equal to the 
 path. References: pycocotools, PIL, Detectron2's own loader and transforms."""
 
 import copy
+import gc
 import json
 import os
 import random
@@ -216,6 +217,11 @@ class TestChunks(Case):
             out = parallel.map_chunks(lambda job, lo, hi: (job, lo, hi, os.getpid()), "j", 7, 3)
         self.assertEqual([o[:3] for o in out], [("j", 0, 3), ("j", 3, 6), ("j", 6, 7)])
         self.assertNotIn(os.getpid(), [o[3] for o in out])
+        # a worker's collections skip the objects it inherited (they are frozen)
+        with mock.patch.object(parallel, "check_workers", lambda: 2):
+            frozen = parallel.map_chunks(lambda job, lo, hi: gc.get_freeze_count(), None, 4, 2)
+        self.assertTrue(all(n > 10_000 for n in frozen), frozen)
+        self.assertEqual(gc.get_freeze_count(), 0)  # not this process's
         with mock.patch.object(parallel, "check_workers", lambda: 1):
             out = parallel.map_chunks(lambda job, lo, hi: os.getpid(), None, 7, 3)
         self.assertEqual(out, [os.getpid()] * 3)

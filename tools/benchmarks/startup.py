@@ -7,9 +7,10 @@ with a real header), ~7.4 polygons per image (many small objects, as in COCO), C
 non-contiguous category ids, 1% crowd annotations as uncompressed RLE. Each measurement
 runs in a fresh process and reports CPU seconds (``getrusage``: all threads, and the forked
 processes that check a JSON over the cores) and wall seconds from after the imports (and a
-full garbage collection that settles them) to the first batch (on a shared machine wall time measures the load too), and the resident memory
-it added once the loader was built. seg2 runs twice on one cache folder: a first
-start (empty validation cache) and a later start with unchanged data.
+full garbage collection that settles them) to the first batch (on a shared machine wall
+time measures the load too), and the resident memory it added once the loader was built.
+seg2 runs twice on one cache folder: a first start (empty validation cache) and a later
+start with unchanged data.
 
 The mapper line compares ``Seg2DatasetMapper`` with Detectron2's ``DatasetMapper``, both with
 bitmask masks and Detectron2's default augmentations, on the same images (CPU ms per image,
@@ -244,29 +245,42 @@ def run_startup_benchmark(
     mapper_images: int = 40,
     mapper_rounds: int = 5,
     cityscapes_files: bool = True,
+    repeats: int = 1,
 ) -> Dict:
+    """Each size: ``repeats`` interleaved rounds of Detectron2, seg2's first start (a new
+    cache folder) and seg2's later start; the rows hold each measurement's median (a full
+    garbage collection, ~0.2 s, falls inside a run or not: at 1k images that is most of the
+    figure), ``runs`` every round."""
     rows = []
     for n in sizes:
         folder = os.path.join(out, f"coco_{n}")
         t = time.time()
         data = generate_coco(folder, n, seed)
         gen_s = time.time() - t
-        cache = os.path.join(folder, "validation_cache")
-        args = f"{data['json']!r}, {data['images']!r}, {cache!r}, {check_files!r}"
-        d2 = _run_child(f"child('d2', {args})")
-        first = _run_child(f"child('seg2', {args})")
-        later = _run_child(f"child('seg2', {args})")
-        rows.append(
-            {
-                "images": n,
-                "annotations": data["annotations"],
-                "json_mb": os.path.getsize(data["json"]) / 2**20,
-                "generate_s": gen_s,
-                "d2": d2,
-                "seg2_first": first,
-                "seg2_later": later,
+        runs = []
+        for k in range(repeats):
+            cache = os.path.join(folder, f"validation_cache_{k}")
+            args = f"{data['json']!r}, {data['images']!r}, {cache!r}, {check_files!r}"
+            runs.append(
+                {
+                    "d2": _run_child(f"child('d2', {args})"),
+                    "seg2_first": _run_child(f"child('seg2', {args})"),
+                    "seg2_later": _run_child(f"child('seg2', {args})"),
+                }
+            )
+        row = {
+            "images": n,
+            "annotations": data["annotations"],
+            "json_mb": os.path.getsize(data["json"]) / 2**20,
+            "generate_s": gen_s,
+            "repeats": repeats,
+            "runs": runs,
+        }
+        for side in ("d2", "seg2_first", "seg2_later"):
+            row[side] = {
+                key: statistics.median(r[side][key] for r in runs) for key in runs[0][side]
             }
-        )
+        rows.append(row)
         print(format_startup_table({"rows": rows[-1:]}), flush=True)
     result = {"rows": rows, "check_files": check_files, "machine": machine()}
     if mapper_images:
@@ -333,15 +347,15 @@ def machine() -> Dict:
 
 def format_startup_table(result: Dict) -> str:
     lines = [
-        "| images | annotations | Detectron2 CPU s | seg2 first start CPU s (x) "
+        "| images | annotations | runs | Detectron2 CPU s | seg2 first start CPU s (x) "
         "| seg2 later start CPU s (x) | wall s: Detectron2 / seg2 first / later "
         "| Detectron2 RSS MB | seg2 RSS MB first / later (x) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         d2, a, b = r["d2"], r["seg2_first"], r["seg2_later"]
         lines.append(
-            f"| {r['images']} | {r['annotations']} | {d2['cpu_s']:.2f} | "
+            f"| {r['images']} | {r['annotations']} | {r.get('repeats', 1)} | {d2['cpu_s']:.2f} | "
             f"{a['cpu_s']:.2f} ({a['cpu_s'] / d2['cpu_s']:.2f}x) | "
             f"{b['cpu_s']:.2f} ({b['cpu_s'] / d2['cpu_s']:.2f}x) | "
             f"{d2['wall_s']:.2f} / {a['wall_s']:.2f} / {b['wall_s']:.2f} | {d2['rss_mb']:.0f} | "
