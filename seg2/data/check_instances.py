@@ -423,7 +423,9 @@ def _check_annotations(job: Tuple, lo: int, hi: int) -> Tuple[List, Dict]:
                 "must be [x, y, width, height] of 4 finite numbers",
                 img_id,
             )
-        elif box[2] <= 0 or box[3] <= 0:
+        elif box[2] < 0 or box[3] < 0 or (seg is None and (box[2] == 0 or box[3] == 0)):
+            # a zero side beside a segmentation is for the mask to judge (COCO train2017 has
+            # zero-height boxes on sub-pixel slivers)
             report.add(path, where, "bbox", box, "width and height must be > 0", img_id)
         elif (
             box[0] >= im["width"]

@@ -547,6 +547,26 @@ class TestProbeCases(ValidationCase):
         (line,) = [x for x in report.note_lines() if "'area'" in x]
         self.assertIn(f"1 time(s), e.g. annotation {a['id']} (area = 0)", line)
 
+    def test_zero_height_box_of_a_sliver_is_a_note(self):
+        # instances_train2017.json, annotation 918 (cocoapi issue 355), moved into our image:
+        # four points on one line, area 0.0, a box 0 px high
+        d = self.data
+        sliver, big = d["annotations"][0], d["annotations"][1]
+        x, y = 6.65, 8.33
+        sliver.update(
+            segmentation=[[x, y, x, y, x + 1.03, y, x + 1.03, y]], area=0.0, iscrowd=0,
+            bbox=[x, y, 1.03, 0.0],
+        )
+        path = self.write(d)
+        name = unique("sliver")
+        load_coco_instances(path, self.images, name)  # no problem: a note
+        (line,) = [x for x in last_report(name).note_lines() if "sub-pixel" in x]
+        self.assertIn(f"e.g. annotation {sliver['id']}", line)
+        # a zero side beside a mask that covers pixels: the box disagrees with the mask
+        big["bbox"] = big["bbox"][:2] + [0.0, 0.0]
+        msg = self.one_problem(self.problems(self.write(d)))
+        self.assertRegex(msg, rf"annotation {big['id']}: field 'bbox' = .*disagrees with the mask's box")
+
     def test_rle_runs_and_64_bit_ids(self):
         d = self.data
         a = d["annotations"][0]
