@@ -5,6 +5,8 @@ import tempfile
 
 import torch
 
+from tool_runs import close_servers
+
 # Two cores: keep test processes from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -23,4 +25,5 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_TMP, "cache")
 
 
 def pytest_sessionfinish(session, exitstatus):
+    close_servers()  # their files are in the folder
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)

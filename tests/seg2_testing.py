@@ -1,5 +1,5 @@
-"""Test helpers (not part of the installed library): a tiny synthetic dataset and configs
-from this checkout's ``configs/``. Tests import it as ``seg2_testing`` (pytest puts
+"""Test helpers (not part of the installed library): a tiny synthetic dataset, configs
+from this checkout's ``configs/``, and the tools run as processes (``tool_runs``). Tests import it as ``seg2_testing`` (pytest puts
 ``tests/`` on ``sys.path``); ``tools/benchmarks`` are importable as ``benchmarks``."""
 import contextlib
 import functools
@@ -13,6 +13,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from seg2.config import add_seg2_config
 from seg2.data.synthetic import generate
+from tool_runs import run_tool, start_tool
 
 __all__ = [
     "REPO_ROOT",
@@ -21,6 +22,8 @@ __all__ = [
     "subprocess_threads",
     "tiny_synthetic_root",
     "get_seg2_cfg",
+    "run_tool",
+    "start_tool",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

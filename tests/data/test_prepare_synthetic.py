@@ -10,8 +10,6 @@ import filecmp
 import glob
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 import unittest.mock
@@ -24,12 +22,11 @@ from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image
 from pycocotools.coco import COCO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "datasets", "prepare_synthetic.py")
+import seg2.data.synthetic as prepare_synthetic
+from seg2.data.synthetic import meta as META
+from seg2_testing import REPO_ROOT, run_tool, subprocess_env
 
-
-import seg2.data.synthetic as prepare_synthetic  # noqa: E402
-from seg2.data.synthetic import meta as META  # noqa: E402
+SCRIPT = str(REPO_ROOT / "datasets" / "prepare_synthetic.py")
 
 CATS = META.CATEGORIES
 CONTIGUOUS = {c["id"]: i for i, c in enumerate(CATS)}
@@ -342,20 +339,15 @@ class TestPrepareSynthetic(unittest.TestCase):
     def test_cli(self):
         with tempfile.TemporaryDirectory() as tmp:
             args = ["--output", tmp, "--num-train", "2", "--num-val", "2", "--size", "64"]
-            out = subprocess.run(
-                [sys.executable, SCRIPT] + args, capture_output=True, text=True, timeout=120
-            )
+            out = run_tool([SCRIPT] + args, env=subprocess_env(), timeout=120)
             self.assertEqual(out.returncode, 0, out.stderr)
             lines = out.stdout.strip().splitlines()
             self.assertEqual([line.split(":")[0] for line in lines], ["train", "val"])
             for split in ("train", "val"):
                 with open(os.path.join(tmp, "annotations", f"panoptic_{split}.json")) as f:
                     self.assertEqual(len(json.load(f)["annotations"]), 2)
-            bad = subprocess.run(
-                [sys.executable, SCRIPT, "--output", tmp, "--num-val", "-1"],
-                capture_output=True,
-                text=True,
-                timeout=120,
+            bad = run_tool(
+                [SCRIPT, "--output", tmp, "--num-val", "-1"], env=subprocess_env(), timeout=120
             )
             self.assertNotEqual(bad.returncode, 0)
             self.assertIn("num_val", bad.stderr)

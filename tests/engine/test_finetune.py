@@ -5,8 +5,6 @@ named in ONE log line, and tools/train_net.py trains from both on data given by 
 import os
 import pickle
 import re
-import subprocess
-import sys
 import tempfile
 import unittest
 
@@ -16,7 +14,7 @@ from detectron2.modeling import build_model
 
 import seg2.modeling  # noqa: F401  (registers seg2's meta-architectures)
 from seg2.engine import AtomicCheckpointer
-from seg2_testing import REPO_ROOT, get_seg2_cfg, tiny_synthetic_root
+from seg2_testing import REPO_ROOT, get_seg2_cfg, run_tool, subprocess_env, tiny_synthetic_root
 
 INSTANCE_CFG = "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml"
 PANOPTIC_CFG = "configs/Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
@@ -67,10 +65,8 @@ def seg2_checkpoint(out_dir: str) -> dict:
 
 
 def run_train_net(config: str, args) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--config-file", config, *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    proc = run_tool(
+        ["tools/train_net.py", "--config-file", config, *args], env=subprocess_env()
     )
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:

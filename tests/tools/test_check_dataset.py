@@ -1,5 +1,5 @@
-"""The real entry points on broken inputs, as a user runs them (subprocesses): the message
-names the file and the field, the exit status is non-zero, no traceback.
+"""The real entry points on broken inputs, as a user runs them (processes of their own): the
+message names the file and the field, the exit status is non-zero, no traceback.
 
 tools/check_dataset.py checks several broken datasets in one run (each is reported, none
 stops the others); tools/evaluate.py scores an empty prediction set as 0 AP and refuses a
@@ -9,8 +9,6 @@ dataset and trains + evaluates on solaris' real COCO export (flat polygons, uint
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import unittest
 
@@ -18,21 +16,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from seg2_testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import run_tool, subprocess_env, tiny_synthetic_root
 
 
-def run_tool(args, timeout=600, env_root=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    if env_root:
-        env["DETECTRON2_DATASETS"] = env_root
-    proc = subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def tool(args, timeout=600, env_root=None):
+    """(exit status, stdout, stderr) of ``python ARGS...``."""
+    env = subprocess_env(**({"DETECTRON2_DATASETS": env_root} if env_root else {}))
+    proc = run_tool(args, env=env, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -79,7 +69,7 @@ class TestCheckDataset(unittest.TestCase):
             ],
         }
         yaml.safe_dump({"DATASETS": {"SEG2": seg2}}, open(cfg, "w"))
-        rc, out, err = run_tool(
+        rc, out, err = tool(
             [
                 "tools/check_dataset.py",
                 "--config-file",
@@ -121,7 +111,7 @@ class TestEvaluateEdgeCases(unittest.TestCase):
         empty = os.path.join(tmp, "empty.json")
         json.dump([], open(empty, "w"))
         out_json = os.path.join(tmp, "m.json")
-        rc, out, err = run_tool(
+        rc, out, err = tool(
             [
                 "tools/evaluate.py",
                 "instances",
@@ -141,7 +131,7 @@ class TestEvaluateEdgeCases(unittest.TestCase):
         data["images"].append(dict(data["images"][0]))  # duplicate image id
         bad = os.path.join(tmp, "dup.json")
         json.dump(data, open(bad, "w"))
-        rc, out, err = run_tool(
+        rc, out, err = tool(
             ["tools/evaluate.py", "instances", "--gt-json", bad, "--pred-json", empty]
         )
         self.assertEqual(rc, 2)
@@ -173,7 +163,7 @@ class TestTrainNetData(unittest.TestCase):
         root, ann, truncated, _, _ = broken_copy()
         out_dir = os.path.join(os.path.dirname(root), "out")
         entry = f'[["bad_inst", "{root}/annotations/bad_instances.json", "{root}/images/val"]]'
-        rc, out, err = run_tool(
+        rc, out, err = tool(
             [
                 "tools/train_net.py",
                 "--config-file",
@@ -200,7 +190,7 @@ class TestTrainNetData(unittest.TestCase):
 
     def test_trains_and_evaluates_on_solaris_export(self):
         out_dir = tempfile.mkdtemp(prefix="seg2-solaris-")
-        rc, out, err = run_tool(
+        rc, out, err = tool(
             [
                 "tools/train_net.py",
                 "--config-file",
@@ -434,7 +424,7 @@ class TestProbeCases(unittest.TestCase):
             },
             open(cfg, "w"),
         )
-        cls.rc, out, err = run_tool(["tools/check_dataset.py", "--config-file", cfg])
+        cls.rc, out, err = tool(["tools/check_dataset.py", "--config-file", cfg])
         cls.check_out = out + err
 
     def test_check_dataset_reports_each_case_once(self):
@@ -448,7 +438,7 @@ class TestProbeCases(unittest.TestCase):
 
     def train(self, name, train=None):
         out_dir = tempfile.mkdtemp(prefix="seg2-probe-out-")
-        rc, out, err = run_tool(
+        rc, out, err = tool(
             [
                 "tools/train_net.py",
                 "--config-file",

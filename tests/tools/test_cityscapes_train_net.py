@@ -10,8 +10,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
 import unittest
@@ -26,7 +24,7 @@ from seg2.data.cityscapes import load_cityscapes_instances, register_cityscapes
 from seg2.data.dataset_mapper import Seg2DatasetMapper
 from seg2.data.synthetic import generate
 from seg2.io import InputError
-from seg2_testing import REPO_ROOT, get_seg2_cfg
+from seg2_testing import get_seg2_cfg, run_tool, subprocess_env
 
 # cityscapesscripts' labels.py, written here independently.
 THING_LABEL_IDS = [24, 25, 26, 27, 28, 31, 32, 33]
@@ -94,12 +92,12 @@ def _root(tree: str) -> str:
 
 
 def train_net(tree, config, out, *args, check=True):
-    env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(TMP, tree), OMP_NUM_THREADS="1")
+    env = subprocess_env(DETECTRON2_DATASETS=os.path.join(TMP, tree))
     env.pop("SEG2_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--config-file", os.path.join("configs", config),
+    proc = run_tool(
+        ["tools/train_net.py", "--config-file", os.path.join("configs", config),
          *args, "OUTPUT_DIR", out],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        env=env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
@@ -143,9 +141,8 @@ _REFERENCE = textwrap.dedent(
 
 def official(task, gt_dir, pred, *extra):
     work = tempfile.mkdtemp(dir=TMP)
-    proc = subprocess.run(
-        [sys.executable, "-c", _REFERENCE, task, gt_dir, pred, *extra],
-        cwd=work, capture_output=True, text=True, timeout=300,
+    proc = run_tool(
+        ["-c", _REFERENCE, task, gt_dir, pred, *extra], env=subprocess_env(), cwd=work, timeout=300
     )
     if proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])

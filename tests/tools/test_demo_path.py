@@ -5,8 +5,6 @@ intact in metrics.json, and fine-tuning from the run's weights loading them exac
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 
@@ -19,7 +17,7 @@ from seg2.engine import Seg2Trainer
 from seg2.evaluation.coco_evaluator import Seg2COCOEvaluator
 from seg2.evaluation.panoptic import Seg2PanopticEvaluator
 from seg2.evaluation.semantic_evaluator import Seg2SemSegEvaluator
-from seg2_testing import REPO_ROOT, get_seg2_cfg
+from seg2_testing import get_seg2_cfg, run_tool, subprocess_env
 
 DEMO_CFG = (
     "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_demo_synthetic.yaml"  # Makefile's DEMO_CFG
@@ -56,10 +54,8 @@ class TestDemoPath(unittest.TestCase):
         generate(root, seed=0, num_train=4, num_val=2, size=64)
         register_synthetic(root, prefix="demopath")
         cls.out = os.path.join(cls.tmp, "demo")
-        env = dict(os.environ, DETECTRON2_DATASETS=cls.tmp, OMP_NUM_THREADS="1")
-        cls.proc = subprocess.run(
+        cls.proc = run_tool(
             [
-                sys.executable,
                 "tools/train_net.py",
                 "--config-file",
                 os.path.join("configs", DEMO_CFG),
@@ -67,11 +63,7 @@ class TestDemoPath(unittest.TestCase):
                 "OUTPUT_DIR",
                 cls.out,
             ],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+            env=subprocess_env(DETECTRON2_DATASETS=cls.tmp),
         )
 
     def test_results_file(self):

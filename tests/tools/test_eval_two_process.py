@@ -16,8 +16,6 @@ under ``subprocess_threads``)."""
 import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 
@@ -26,7 +24,7 @@ import torch
 from seg2.data.builtin import register_synthetic
 from seg2.data.synthetic import generate
 from seg2.engine import AtomicCheckpointer, Seg2Trainer
-from seg2_testing import REPO_ROOT, get_seg2_cfg, subprocess_env, subprocess_threads
+from seg2_testing import get_seg2_cfg, run_tool, subprocess_env, subprocess_threads
 
 PANOPTIC_CFG = "Synthetic-PanopticSegmentation/fcn8s_rcnn_R_18_FPN_synthetic.yaml"
 COMMON = [
@@ -104,9 +102,8 @@ class TestTwoProcessEvaluation(unittest.TestCase):
 
         out = os.path.join(self.tmp, name + "_2")
         tests = "(" + "".join(f"'synthetic_{s}'," for s in SETUPS[name][1]) + ")"
-        proc = subprocess.run(
+        proc = run_tool(
             [
-                sys.executable,
                 "tools/train_net.py",
                 "--num-gpus",
                 "2",
@@ -124,11 +121,7 @@ class TestTwoProcessEvaluation(unittest.TestCase):
                 "OUTPUT_DIR",
                 out,
             ],
-            cwd=REPO_ROOT,
             env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
         two = json.load(open(os.path.join(out, "eval_results.json")))

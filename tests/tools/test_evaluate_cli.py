@@ -18,7 +18,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from seg2_testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import REPO_ROOT, run_tool, subprocess_env, tiny_synthetic_root
 
 
 def _load_cli():
@@ -110,12 +110,8 @@ class TestSemantic(unittest.TestCase):
 
     def test_exit_status_of_the_script(self):
         os.remove(os.path.join(self.pred, "a.png"))
-        proc = subprocess.run(
-            [sys.executable, "tools/evaluate.py", *map(str, self.args())],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = run_tool(
+            ["tools/evaluate.py", *map(str, self.args())], env=subprocess_env(), timeout=120
         )
         self.assertEqual(proc.returncode, 2)
         self.assertIn("gt/a.png: no prediction", proc.stderr)

@@ -1,12 +1,10 @@
 """TorchScript export: tools/export_model.py (a subprocess) on Seg2PanopticRCNN, the library
 export on semantic models (FCN-8s with transposed upsampling, U-Net in copy-and-crop mode,
-DeconvNet) and Mask R-CNN; every exported file is loaded and run in a fresh process, and
+DeconvNet) and Mask R-CNN; every exported file is loaded and run in another process, and
 its outputs are compared with the eager model's on the same images, one image at a time and
 at the subprocess's thread count on both sides (so masks and argmaxes compare exactly)."""
 
 import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 import unittest
@@ -23,8 +21,8 @@ from seg2.export import export_torchscript
 from seg2.inference import BatchPredictor
 from seg2.io import read_image
 from seg2_testing import (
-    REPO_ROOT,
     get_seg2_cfg,
+    run_tool,
     subprocess_env,
     subprocess_threads,
     tiny_synthetic_root,
@@ -83,9 +81,7 @@ class TestExport(unittest.TestCase):
             np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
         ).save(odd)
         cls.images = [os.path.join(val, "000000.png"), os.path.join(val, "000001.png"), odd]
-        env = subprocess_env(
-            DETECTRON2_DATASETS=os.path.dirname(cls.root), PYTHONPATH=str(REPO_ROOT)
-        )
+        env = subprocess_env(DETECTRON2_DATASETS=os.path.dirname(cls.root))
 
         cls.predictors = {}
         torch.manual_seed(0)
@@ -99,9 +95,8 @@ class TestExport(unittest.TestCase):
             cls.predictors[name] = (cfg_file, opts, BatchPredictor(cfg))
 
         # the tool, as a user runs it (sample image: first of DATASETS.TEST[0])
-        proc = subprocess.run(
+        proc = run_tool(
             [
-                sys.executable,
                 "tools/export_model.py",
                 "--config-file",
                 f"configs/{PANOPTIC}",
@@ -112,10 +107,7 @@ class TestExport(unittest.TestCase):
                 "MODEL.DEVICE",
                 "cpu",
             ],
-            cwd=REPO_ROOT,
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,20 +120,9 @@ class TestExport(unittest.TestCase):
             tensor = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1))).float()
             export_torchscript(predictor.cfg, predictor.model, tensor, os.path.join(cls.tmp, name))
 
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                RUNNER,
-                cls.tmp,
-                ",".join(cls.images),
-                "panoptic",
-                *LIBRARY_EXPORTS,
-            ],
-            cwd=REPO_ROOT,
+        proc = run_tool(
+            ["-c", RUNNER, cls.tmp, ",".join(cls.images), "panoptic", *LIBRARY_EXPORTS],
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]

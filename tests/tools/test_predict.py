@@ -7,8 +7,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 
@@ -27,6 +25,7 @@ from seg2.io import read_image
 from seg2_testing import (
     REPO_ROOT,
     get_seg2_cfg,
+    run_tool,
     subprocess_env,
     subprocess_threads,
     tiny_synthetic_root,
@@ -38,13 +37,9 @@ CHECKER = 4  # contiguous semantic id of "checker" (dataset id 21): 55% of val i
 
 
 def predict(args, root):
-    env = subprocess_env(DETECTRON2_DATASETS=os.path.dirname(root), PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(
-        [sys.executable, "tools/predict.py", "--config-file", CFG, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    return run_tool(
+        ["tools/predict.py", "--config-file", CFG, *args],
+        env=subprocess_env(DETECTRON2_DATASETS=os.path.dirname(root)),
         timeout=300,
     )
 

@@ -10,8 +10,6 @@ import glob
 import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import unittest
@@ -21,7 +19,7 @@ import torch
 from seg2.data.synthetic import generate
 from seg2.engine.run_lock import LOCK_FILE
 from seg2.utils.cli import PREEMPTED_EXIT
-from seg2_testing import REPO_ROOT, subprocess_env
+from seg2_testing import run_tool, start_tool, subprocess_env
 
 CFG = "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml"
 # STEPS (6,) puts an LR drop after the resume point: the scheduler must be restored too.
@@ -53,7 +51,6 @@ ARGS = [
 
 def _cmd(out, workers, *extra):
     return [
-        sys.executable,
         "tools/train_net.py",
         "--config-file",
         CFG,
@@ -79,9 +76,7 @@ class TestKillAndResume(unittest.TestCase):
         cls.references = {}
 
     def _run(self, cmd, status=0):
-        p = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=600
-        )
+        p = run_tool(cmd, env=self.env)
         self.assertEqual(p.returncode, status, p.stderr[-4000:])
         return p.stdout + p.stderr
 
@@ -109,13 +104,7 @@ class TestKillAndResume(unittest.TestCase):
         ref = os.path.dirname(self._reference())
 
         out = os.path.join(self.tmp, "killed")
-        proc = subprocess.Popen(
-            _cmd(out, 2),
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_tool(_cmd(out, 2), env=self.env)
         try:
             deadline = time.time() + 300
             while (
@@ -145,15 +134,13 @@ class TestKillAndResume(unittest.TestCase):
         every process of the run, SLURM's way; else only the started process, as Kubernetes
         and docker stop do); check what it leaves; returns the iteration it stopped after."""
         log_path = out + ".log"
-        with open(log_path, "w") as log_file:
-            proc = subprocess.Popen(
-                _cmd(out, 2, *extra),
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, signalled below
-            )
+        proc = start_tool(
+            _cmd(out, 2, *extra),
+            env=self.env,
+            stdout=log_path,
+            stderr="stdout",
+            new_session=True,  # its own process group, signalled below
+        )
         try:
             self._wait_for(proc, os.path.join(out, "model_0000002.pth"))
             if proc.poll() is not None:

@@ -2,12 +2,10 @@
 and a 2-process (gloo) run, on a tiny synthetic dataset."""
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 
-from seg2_testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import run_tool, subprocess_env, tiny_synthetic_root
 
 CFG = "configs/Synthetic-InstanceSegmentation/mask_rcnn_R_18_FPN_synthetic.yaml"
 SMALL = [
@@ -20,10 +18,9 @@ SMALL = [
 
 
 def run(args, env_root):
-    env = dict(os.environ, DETECTRON2_DATASETS=os.path.dirname(env_root), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--config-file", CFG, *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    proc = run_tool(
+        ["tools/train_net.py", "--config-file", CFG, *args],
+        env=subprocess_env(DETECTRON2_DATASETS=os.path.dirname(env_root)),
     )
     if proc.returncode != 0:
         raise AssertionError(f"train_net failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

@@ -4,13 +4,11 @@ traceback back. Detailed messages are tested in-process (tests/engine/test_confi
 
 import glob
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 
 from seg2.data.synthetic import generate
-from seg2_testing import REPO_ROOT
+from seg2_testing import REPO_ROOT, run_tool, subprocess_env
 
 INSTANCE = os.path.join(
     REPO_ROOT, "configs", "Synthetic-InstanceSegmentation", "mask_rcnn_R_18_FPN_synthetic.yaml"
@@ -49,21 +47,9 @@ class TestTrainNetErrors(unittest.TestCase):
             f.write('_BASE_: "mid.yaml"\n')
 
     def run_tool(self, *args, debug=False):
-        env = dict(
-            os.environ,
-            DETECTRON2_DATASETS=self.tmp,
-            OMP_NUM_THREADS="1",
-            SEG2_DEBUG="1" if debug else "",
-        )
+        env = subprocess_env(DETECTRON2_DATASETS=self.tmp, SEG2_DEBUG="1" if debug else "")
         out = os.path.join(self.tmp, f"out{len(os.listdir(self.tmp))}")
-        p = subprocess.run(
-            [sys.executable, "tools/train_net.py", *args, "OUTPUT_DIR", out],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        p = run_tool(["tools/train_net.py", *args, "OUTPUT_DIR", out], env=env)
         return (
             p.returncode,
             p.stdout + p.stderr,

@@ -10,15 +10,13 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import tempfile
 import unittest
 
 import torch
 
 from seg2.data.synthetic import generate
-from seg2_testing import REPO_ROOT
+from seg2_testing import REPO_ROOT, run_tool, subprocess_env
 
 PANOPTIC = str(
     REPO_ROOT / "configs" / "Synthetic-PanopticSegmentation" / "fcn8s_rcnn_R_18_FPN_synthetic.yaml"
@@ -73,15 +71,7 @@ def write_renamed_dataset(tmp: str):
 
 
 def run(tool, *args, env_extra=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), **(env_extra or {}))
-    p = subprocess.run(
-        [sys.executable, f"tools/{tool}", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    p = run_tool([f"tools/{tool}", *args], env=subprocess_env(**(env_extra or {})))
     return p.returncode, p.stdout + p.stderr, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
 
 

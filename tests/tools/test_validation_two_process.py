@@ -4,12 +4,10 @@ broken dataset stops both with the same one-line error and exit status 2."""
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 
-from seg2_testing import REPO_ROOT, tiny_synthetic_root
+from seg2_testing import REPO_ROOT, run_tool, subprocess_env, tiny_synthetic_root
 
 INSTANCE = os.path.join(
     REPO_ROOT, "configs", "Synthetic-InstanceSegmentation", "mask_rcnn_R_18_FPN_synthetic.yaml"
@@ -27,19 +25,15 @@ class TestValidationTwoProcesses(unittest.TestCase):
         json.dump(data, open(ann, "w"))
         out = os.path.join(tmp, "out")
         entry = f'[["bad_inst", "{ann}", "{root}/images/val"]]'
-        p = subprocess.run(
+        p = run_tool(
             [
-                sys.executable, "tools/train_net.py", "--num-gpus", "2", "--dist-url", "auto",
+                "tools/train_net.py", "--num-gpus", "2", "--dist-url", "auto",
                 "--config-file", INSTANCE, "OUTPUT_DIR", out,
                 "DATASETS.SEG2.COCO_INSTANCES", entry, "DATASETS.TRAIN", '("bad_inst",)', "DATASETS.TEST", "()",
                 "DATASETS.SEG2.VALIDATION_CACHE_DIR", os.path.join(tmp, "cache"),
                 "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
             ],
-            cwd=REPO_ROOT,
-            env=dict(os.environ, OMP_NUM_THREADS="1", DETECTRON2_DATASETS=os.path.dirname(root)),
-            capture_output=True,
-            text=True,
-            timeout=600,
+            env=subprocess_env(DETECTRON2_DATASETS=os.path.dirname(root)),
         )
         log = p.stdout + p.stderr
         self.assertEqual(p.returncode, 2, log[-3000:])
