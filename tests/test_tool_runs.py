@@ -32,6 +32,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@unittest.skipUnless(hasattr(os, "fork"), "no fork on this platform")
 class TestToolRuns(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

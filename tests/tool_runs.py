@@ -10,7 +10,8 @@ its own output. The server is started with the run's environment (but for the va
 fresh process would read it. What the imports printed in the server is put before each run's
 stderr.
 
-``SEG2_TEST_FORK=0`` runs every tool as a plain subprocess instead (the same interface).
+``SEG2_TEST_FORK=0`` (and any platform but Linux) runs every tool as a plain subprocess
+instead, through the same interface.
 """
 import atexit
 import json
@@ -33,8 +34,8 @@ _MAX_SERVERS = 2
 
 
 def _fork_enabled(fork) -> bool:
-    if fork is None:
-        fork = os.environ.get("SEG2_TEST_FORK", "1") != "0"
+    if fork is None:  # as multiprocessing, fork only on Linux (macOS frameworks are not fork-safe)
+        fork = sys.platform.startswith("linux") and os.environ.get("SEG2_TEST_FORK") != "0"
     return fork and hasattr(os, "fork")
 
 
