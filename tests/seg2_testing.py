@@ -1,19 +1,19 @@
-"""Test helpers (not part of the installed library): a tiny synthetic dataset, configs
-from this checkout's ``configs/``, and the tools run as processes (``tool_runs``). Tests import it as ``seg2_testing`` (pytest puts
-``tests/`` on ``sys.path``); ``tools/benchmarks`` are importable as ``benchmarks``."""
+"""Test helpers (not part of the installed library): a tiny synthetic dataset, configs from
+this checkout's ``configs/``, and the tools run as processes (``tool_runs``). Tests import it
+as ``seg2_testing`` (pytest puts ``tests/`` on ``sys.path``); ``tools/benchmarks`` are
+importable as ``benchmarks``."""
 import contextlib
 import functools
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode, get_cfg
 
 from seg2.config import add_seg2_config
 from seg2.data.synthetic import generate
-from tool_runs import run_tool, start_tool
+from tool_runs import REPO_ROOT, run_tool, start_tool
 
 __all__ = [
     "REPO_ROOT",
@@ -26,7 +26,6 @@ __all__ = [
     "start_tool",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT / "tools") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "tools"))
 
